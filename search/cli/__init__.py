@@ -1,0 +1,50 @@
+"""The ``autosculpt`` command line: one module per command, registered in ``COMMANDS``.
+
+Each command module defines ``register(subparsers)``, which adds its parser (with a
+description holding examples) and sets ``func`` to a ``run(args) -> int`` function.
+A :class:`~autosculpt.search.errors.UserError` raised anywhere becomes one line on
+stderr and exit status 2; Ctrl-C becomes exit status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import UserError
+
+# Command name -> module under autosculpt.search.cli. The one place commands are registered.
+COMMANDS: dict[str, str] = {
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autosculpt",
+        description="Prune an over-sized segmentation model to a latency budget on a target CPU.",
+        epilog="Example: autosculpt search --budget-ms 20   (then: autosculpt report NAME --out report.html)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMANDS.values():
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``autosculpt`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

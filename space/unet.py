@@ -1,0 +1,119 @@
+"""The U-Net family: a classic 4-pooling U-Net with per-stage widths, and its presets.
+
+Module names are stable and readable (``enc1``..``enc4``, ``bottleneck``, ``up4``..``up1``,
+``dec4``..``dec1``, ``head``) because the search space names its Optuna parameters after
+them (``keep.enc2.conv1``) and reports show them per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..search.errors import UserError
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Everything needed to rebuild a U-Net: the architecture half of a recipe."""
+
+    in_channels: int = 1
+    num_classes: int = 4
+    widths: tuple[int, ...] = (32, 64, 128, 256, 512)
+
+    def scaled(self, multiplier: float, round_to: int = 1, min_channels: int = 1) -> "UNetConfig":
+        """The same U-Net with every stage width multiplied, rounded and floored."""
+        widths = tuple(round_channels(w * multiplier, round_to, min_channels) for w in self.widths)
+        return UNetConfig(self.in_channels, self.num_classes, widths)
+
+    def to_dict(self) -> dict:
+        return {"in_channels": self.in_channels, "num_classes": self.num_classes, "widths": list(self.widths)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "UNetConfig":
+        return cls(int(data["in_channels"]), int(data["num_classes"]), tuple(int(w) for w in data["widths"]))
+
+
+def round_channels(channels: float, round_to: int = 1, min_channels: int = 1) -> int:
+    """Round a channel count to the nearest multiple of ``round_to``, never below ``min_channels``."""
+    rounded = int(round(channels / round_to)) * round_to
+    return max(min_channels, rounded)
+
+
+# Base width 32 is the ``unet`` default (7.8M parameters); base 64 is the classic
+# off-the-shelf configuration (31M parameters) that the paper compressed by hand.
+PRESETS: dict[str, tuple[int, ...]] = {
+    "unet": (32, 64, 128, 256, 512),
+    "unet-paper": (64, 128, 256, 512, 1024),
+    "unet-small": (16, 32, 64, 128, 256),
+    "unet-tiny": (4, 8, 16, 32, 64),
+}
+
+
+def preset_config(name: str, in_channels: int, num_classes: int) -> UNetConfig:
+    """The configuration of a named preset for data with these channels and classes."""
+    if name not in PRESETS:
+        raise UserError(f"unknown model preset {name!r}: choose one of {', '.join(PRESETS)} or give module:Class")
+    return UNetConfig(in_channels, num_classes, PRESETS[name])
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv, BatchNorm, ReLU) twice: one U-Net stage."""
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid_channels)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu2 = nn.ReLU(inplace=True)
+
+
+class UNet(nn.Module):
+    """Ronneberger's U-Net: 4 max-pool downsamplings, transposed-conv upsampling, concat skips.
+
+    Input ``(N, in_channels, H, W)`` with H and W divisible by 16; output logits
+    ``(N, num_classes, H, W)``.
+    """
+
+    def __init__(self, config: UNetConfig = UNetConfig()):
+        super().__init__()
+        if len(config.widths) != 5:
+            raise UserError(f"a U-Net needs 5 stage widths, got {len(config.widths)}: give e.g. 32,64,128,256,512")
+        self.config = config
+        w1, w2, w3, w4, w5 = config.widths
+        self.enc1 = DoubleConv(config.in_channels, w1, w1)
+        self.enc2 = DoubleConv(w1, w2, w2)
+        self.enc3 = DoubleConv(w2, w3, w3)
+        self.enc4 = DoubleConv(w3, w4, w4)
+        self.bottleneck = DoubleConv(w4, w5, w5)
+        self.pool = nn.MaxPool2d(2)
+        self.up4 = nn.ConvTranspose2d(w5, w4, 2, stride=2)
+        self.dec4 = DoubleConv(2 * w4, w4, w4)
+        self.up3 = nn.ConvTranspose2d(w4, w3, 2, stride=2)
+        self.dec3 = DoubleConv(2 * w3, w3, w3)
+        self.up2 = nn.ConvTranspose2d(w3, w2, 2, stride=2)
+        self.dec2 = DoubleConv(2 * w2, w2, w2)
+        self.up1 = nn.ConvTranspose2d(w2, w1, 2, stride=2)
+        self.dec1 = DoubleConv(2 * w1, w1, w1)
+        self.head = nn.Conv2d(w1, config.num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s1 = self.enc1(x)
+        s2 = self.enc2(self.pool(s1))
+        s3 = self.enc3(self.pool(s2))
+        s4 = self.enc4(self.pool(s3))
+        x = self.bottleneck(self.pool(s4))
+        x = self.dec4(torch.cat([s4, self.up4(x)], dim=1))
+        x = self.dec3(torch.cat([s3, self.up3(x)], dim=1))
+        x = self.dec2(torch.cat([s2, self.up2(x)], dim=1))
+        x = self.dec1(torch.cat([s1, self.up1(x)], dim=1))
+        return self.head(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
