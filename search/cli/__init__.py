@@ -16,6 +16,14 @@ from ..errors import UserError
 
 # Command name -> module under autosculpt.search.cli. The one place commands are registered.
 COMMANDS: dict[str, str] = {
+    "baseline": "baseline",
+    "search": "search",
+    "resume": "resume",
+    "worker": "worker",
+    "export": "export",
+    "studies": "studies",
+    "trials": "trials",
+    "env": "env",
 }
 
 

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
 
 
 def add_command(subparsers, name: str, summary: str, examples: list[str], run) -> argparse.ArgumentParser:
@@ -17,3 +23,55 @@ def add_command(subparsers, name: str, summary: str, examples: list[str], run) -
     )
     parser.set_defaults(func=run)
     return parser
+
+
+def add_storage_option(parser: argparse.ArgumentParser) -> None:
+    """``--storage URL``, falling back to $AUTOSCULPT_STORAGE, then the SQLite default."""
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage URL (default: $AUTOSCULPT_STORAGE or sqlite:///studies/autosculpt.db)",
+    )
+
+
+def add_search_options(parser: argparse.ArgumentParser) -> None:
+    """The settings a study is created with; ``resume`` accepts them too, to change them with --force.
+
+    Every default is None so the CLI can tell what the user gave from what fell back.
+    """
+    parser.add_argument("--budget-ms", type=float, metavar="MS", help="latency budget on the target CPU, in milliseconds")
+    parser.add_argument("--trials", type=int, metavar="N", help="trials in the study, all workers together (default 30)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit of the study (default: none)")
+    parser.add_argument("--model", metavar="PRESET|module:Class", help="unet (default), unet-paper, unet-small, unet-tiny, or your class")
+    parser.add_argument("--weights", metavar="FILE", help="state dict of your model (loaded with weights_only=True)")
+    parser.add_argument("--data", metavar="PATH", help="ACDC folder or images/+masks/ folder (default: generated cardiac MRI)")
+    parser.add_argument("--size", type=int, dest="image_size", metavar="N", help="input size N x N, a multiple of 16 (default 96)")
+    parser.add_argument("--space", metavar="FILE|PRESET", help="search space: per-layer (default), per-stage, uniform, or a TOML file")
+    parser.add_argument("--target", metavar="URL", help="remote latency agent http://HOST:PORT (token in $AUTOSCULPT_AGENT_TOKEN)")
+    parser.add_argument("--threads", type=int, metavar="N", help="threads on the target (default 1)")
+    parser.add_argument("--runtime", choices=("ort", "torch"), help="deployed runtime to measure (default ort = ONNX Runtime)")
+    parser.add_argument("--epochs", type=int, metavar="N", help="fine-tuning epochs per trial (default 6)")
+    parser.add_argument("--seed", type=int, metavar="N", help="seed of the data, baseline and samplers (default 0)")
+
+
+def print_rows(rows: list[dict], fmt: str, title: str) -> None:
+    """Print ``rows`` (dicts with the same keys) as a rich table, JSON or CSV on stdout."""
+    if fmt == "json":
+        print(json.dumps(rows, indent=2, default=str))
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        table = Table(title=title)
+        for key in rows[0] if rows else ["(none)"]:
+            table.add_column(key)
+        for row in rows:
+            table.add_row(*(_cell(v) for v in row.values()))
+        Console().print(table)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

@@ -1,0 +1,60 @@
+"""What ``search``, ``resume`` and ``worker`` share: running workers, then exporting and reporting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from ..runner import run_worker
+from ..storage import masked
+from ..study import Context, best_feasible, open_existing
+
+console = Console(stderr=True, highlight=False)
+
+
+def run_workers(name: str, url: str, context: Context, workers: int, storage_flag: str) -> None:
+    """Run ``workers`` workers on study ``name``: this process plus ``workers - 1`` subprocesses.
+
+    Ctrl-C stops every worker; Optuna marks each running trial failed, the heartbeat
+    retries it on resume, and the resume command is printed before exit 130.
+    """
+    others = [_spawn_worker(name, url, index) for index in range(1, workers)]
+    study, _ = open_existing(name, url)
+    try:
+        run_worker(study, context, url, worker_index=0)
+    except KeyboardInterrupt:
+        for process in others:
+            process.terminate()
+        console.print(f"stopped; the running trial was marked failed. Resume with: autosculpt resume {name}{storage_flag}")
+        raise
+    for process in others:
+        process.wait()
+
+
+def _spawn_worker(name: str, url: str, index: int) -> subprocess.Popen:
+    """A background ``autosculpt worker`` on the same study; the URL travels in the environment."""
+    env = {**__import__("os").environ, "AUTOSCULPT_STORAGE": url}
+    command = [sys.executable, "-m", "autosculpt.search.cli", "worker", name, "--index", str(index), "--quiet"]
+    return subprocess.Popen(command, env=env)
+
+
+def finish_study(name: str, url: str, out: str | None) -> int:
+    """Export the best feasible trial and write the report into ``out`` (default exports/NAME)."""
+    from ..export import export_trial, no_feasible_message
+    from ...reports import write_report
+
+    study, settings = open_existing(name, url)
+    folder = Path(out or Path("exports") / name)
+    best = best_feasible(study)
+    if best is None:
+        console.print(no_feasible_message(study, settings.budget_ms))
+        report = write_report(study, folder / "report.html")
+        console.print(f"report: {report}")
+        return 1
+    exported = export_trial(study, best, folder, url)
+    report = write_report(study, folder / "report.html", samples=exported.samples)
+    console.print(f"exported trial {best.number} to {folder} (storage {masked(url)}); report: {report}")
+    return 0

@@ -1,0 +1,45 @@
+"""``autosculpt export``: write the best feasible (or a chosen) trial as a deployable model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from ..export import export_trial, no_feasible_message
+from ..storage import storage_url
+from ..study import best_feasible, open_existing
+from ._common import add_command, add_storage_option
+
+EXAMPLES = [
+    "autosculpt export unet-20ms-20261125-011200 --out model/",
+    "autosculpt export unet-20ms-20261125-011200 --budget-ms 10 --out model-10ms/   # best within another budget",
+    "autosculpt export unet-20ms-20261125-011200 --trial 17 --out trial17/",
+]
+
+
+def register(subparsers) -> None:
+    parser = add_command(subparsers, "export", "Export a trial as model.onnx, model.pt2 and model.json (checked against PyTorch, latency re-measured).", EXAMPLES, run)
+    parser.add_argument("name", metavar="NAME", help="study name (see: autosculpt studies)")
+    add_storage_option(parser)
+    parser.add_argument("--trial", type=int, metavar="N", help="trial number (default: best feasible)")
+    parser.add_argument("--budget-ms", type=float, metavar="MS", help="pick the best trial within this budget instead of the study's")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+
+
+def run(args) -> int:
+    url = storage_url(args.storage)
+    study, settings = open_existing(args.name, url)
+    if args.trial is not None:
+        numbers = {t.number: t for t in study.get_trials(deepcopy=False)}
+        if args.trial not in numbers:
+            raise UserError(f"study {args.name!r} has no trial {args.trial} (trials 0-{len(numbers) - 1}): see autosculpt trials {args.name}")
+        trial = numbers[args.trial]
+    else:
+        trial = best_feasible(study, args.budget_ms)
+        if trial is None:
+            raise UserError(no_feasible_message(study, args.budget_ms or settings.budget_ms))
+    card = export_trial(study, trial, Path(args.out), url).card
+    print(f"exported trial {trial.number} to {args.out}: test Dice {card['dice']:.3f}, "
+          f"{card['latency']['median_ms']:.2f} ms median ({card['latency']['runtime']}, {card['latency']['threads']} thread), "
+          f"{card['param_ratio']:.0f}x fewer parameters; ONNX vs PyTorch max difference {card['onnx_max_abs_diff']:.2e}")
+    return 0

@@ -1,0 +1,57 @@
+"""``autosculpt resume``: continue a stored study with its stored settings."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+from ..errors import UserError
+from ..runner import counted_trials
+from ..settings import SETTINGS_ATTR, Settings
+from ..storage import storage_url
+from ..study import open_existing, prepare
+from ._common import add_command, add_search_options, add_storage_option
+from ._session import console, finish_study, run_workers
+from .search import settings_given, storage_flag
+
+EXAMPLES = [
+    "autosculpt resume unet-20ms-20261125-011200",
+    "autosculpt resume paper-5ms --trials 50            # 50 more trials",
+    "autosculpt resume paper-5ms --budget-ms 8 --force  # change a stored setting",
+]
+
+# Settings a resumed study may change without --force: how long it runs.
+FREE_TO_CHANGE = {"trials", "timeout_s"}
+
+
+def register(subparsers) -> None:
+    parser = add_command(subparsers, "resume", "Continue a stored study with its stored settings; failed and interrupted trials are retried.", EXAMPLES, run)
+    parser.add_argument("name", metavar="NAME", help="study name (see: autosculpt studies)")
+    add_storage_option(parser)
+    add_search_options(parser)
+    parser.add_argument("--force", action="store_true", help="accept settings that differ from the stored ones")
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes (default 1)")
+    parser.add_argument("--out", metavar="DIR", help="where to export the best model and report (default exports/NAME)")
+
+
+def run(args) -> int:
+    url = storage_url(args.storage)
+    study, stored = open_existing(args.name, url)
+    settings = merged_settings(study, stored, args)
+    study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
+    console.print(f"resuming {args.name}: {counted_trials(study)} trials stored, {settings.trials} in all")
+    run_workers(args.name, url, prepare(settings), args.workers, storage_flag(args.storage))
+    return finish_study(args.name, url, args.out)
+
+
+def merged_settings(study, stored: Settings, args) -> Settings:
+    """The stored settings with what the user gave: ``--trials N`` adds N trials; a changed
+    setting that alters what a trial means is refused unless ``--force``."""
+    given = {k: v for k, v in settings_given(args).items() if v is not None and k in {f.name for f in fields(Settings)}}
+    if "trials" in given:
+        given["trials"] = counted_trials(study) + given["trials"]
+    changed = {k for k, v in given.items() if getattr(stored, k) != v}
+    refused = sorted(changed - FREE_TO_CHANGE)
+    if refused and not args.force:
+        shown = ", ".join(f"{k} (stored {getattr(stored, k)!r}, given {given[k]!r})" for k in refused)
+        raise UserError(f"study {study.study_name!r} was made with other settings: {shown}; drop them or add --force")
+    return replace(stored, **given)

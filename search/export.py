@@ -1,0 +1,135 @@
+"""Export a trial as a deployable model: ONNX, a torch.export program and a model card.
+
+The network is rebuilt from the cached baseline, the trial's recipe and its fine-tuned
+state dict (an Optuna artifact, loaded with ``weights_only=True``); nothing is unpickled.
+Export checks ONNX Runtime against PyTorch and re-measures latency on the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from ..reports import QualitativeSample
+from ..space import Recipe, figures, rebuild
+from .data import SegmentationData
+from .errors import UserError
+from .latency import Target, measure_onnx
+from .onnx_io import to_onnx
+from .settings import Settings
+from .storage import artifact_store
+from .study import Context, environment, prepare
+from .train import dice_counts, predict, scores_from_counts
+
+SAMPLE_COUNT = 4
+
+
+@dataclass
+class Exported:
+    """What an export wrote: the model card (as in model.json) and report samples."""
+
+    card: dict
+    samples: list[QualitativeSample]
+
+
+def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_url: str) -> Exported:
+    """Write ``model.onnx``, ``model.pt2`` and ``model.json`` for ``trial`` into ``folder``."""
+    if trial.state != TrialState.COMPLETE or "weights_artifact" not in trial.user_attrs:
+        raise UserError(f"trial {trial.number} has no fine-tuned weights (state {trial.state.name}, "
+                        f"feasible={trial.user_attrs.get('feasible')}): export a complete trial within budget")
+    settings = Settings.from_dict(study.user_attrs["settings"])
+    context = prepare(replace(settings, distill=0.0))
+    net = _rebuild(trial, context, storage_url)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_bytes = to_onnx(net, tuple(context.example.shape))
+    (folder / "model.onnx").write_bytes(onnx_bytes)
+    torch.export.save(torch.export.export(net, (context.example,)), folder / "model.pt2")
+    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    max_diff = _max_difference(net, session, context.data.test.images[:8])
+    stats = measure_onnx(onnx_bytes, tuple(context.example.shape), Target.from_dict(settings.target))
+    test_pred = _ort_predict(session, context.data.test.images)
+    test = scores_from_counts(dice_counts(test_pred, context.data.test.masks, context.data.num_classes), context.data.class_names)
+    figs = figures(net, context.example, context.groups)
+    card = {
+        "study": study.study_name, "trial": trial.number, "input_shape": list(context.example.shape),
+        "class_names": list(context.data.class_names), "dice": test.mean, "dice_per_class": test.per_class,
+        "dice_split": "test", "val_dice": trial.values[0], "latency": stats.to_dict(),
+        "params": figs.params, "macs": figs.macs, **figs.ratios_against(context.baseline_figures),
+        "channels": figs.channels, "baseline_channels": context.baseline_figures.channels,
+        "baseline": {"params": context.baseline_figures.params, "macs": context.baseline_figures.macs,
+                     "dice": context.baseline.test.mean, "dice_per_class": context.baseline.test.per_class},
+        "recipe": trial.user_attrs["recipe"], "onnx_max_abs_diff": max_diff, "file_size": len(onnx_bytes),
+        "sha256": hashlib.sha256(onnx_bytes).hexdigest(), "model": settings.model, "data": context.data.source,
+        "budget_ms": settings.budget_ms, "environment": environment(),
+    }
+    (folder / "model.json").write_text(json.dumps(card, indent=2))
+    study.set_user_attr("export", {"trial": trial.number, "dir": str(folder), "file_size": len(onnx_bytes),
+                                   "dice": test.mean, "dice_per_class": test.per_class, "latency": stats.to_dict()})
+    return Exported(card, _samples(context, net_pred=test_pred))
+
+
+def _rebuild(trial: FrozenTrial, context: Context, storage_url: str) -> torch.nn.Module:
+    """The trial's fine-tuned network from baseline + recipe + its stored state dict."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.pt"
+        optuna.artifacts.download_artifact(artifact_store=artifact_store(storage_url),
+                                           artifact_id=trial.user_attrs["weights_artifact"], file_path=str(path))
+        state = torch.load(path, weights_only=True)
+    recipe = Recipe.from_dict(trial.user_attrs["recipe"])
+    return rebuild(context.baseline.model, recipe, context.example, state).eval()
+
+
+def _ort_predict(session: onnxruntime.InferenceSession, images: torch.Tensor) -> torch.Tensor:
+    """Label maps from ONNX Runtime, one image at a time (the model's fixed batch is 1)."""
+    name = session.get_inputs()[0].name
+    logits = [session.run(None, {name: image[None].numpy()})[0] for image in images]
+    return torch.from_numpy(np.concatenate(logits).argmax(1))
+
+
+def _max_difference(net: torch.nn.Module, session: onnxruntime.InferenceSession, images: torch.Tensor) -> float:
+    """Largest absolute difference between PyTorch's and ONNX Runtime's logits."""
+    name = session.get_inputs()[0].name
+    with torch.inference_mode():
+        return max(float(np.abs(net(image[None]).numpy() - session.run(None, {name: image[None].numpy()})[0]).max())
+                   for image in images)
+
+
+def _samples(context: Context, net_pred: torch.Tensor) -> list[QualitativeSample]:
+    """A few test slices with truth, the baseline's and the exported model's predictions."""
+    data: SegmentationData = context.data
+    index = np.linspace(0, len(data.test) - 1, SAMPLE_COUNT).round().astype(int).tolist()
+    images = data.test.images[index]
+    base_pred = predict(context.baseline.model, images)
+    samples = []
+    for row, i in enumerate(index):
+        truth = data.test.masks[i]
+        samples.append(QualitativeSample(
+            image=images[row, 0].numpy(), truth=truth.numpy(), baseline=base_pred[row].numpy(), exported=net_pred[i].numpy(),
+            dice_baseline=_dice(base_pred[row], truth, data), dice_exported=_dice(net_pred[i], truth, data)))
+    return samples
+
+
+def _dice(pred: torch.Tensor, truth: torch.Tensor, data: SegmentationData) -> float:
+    return scores_from_counts(dice_counts(pred, truth, data.num_classes), data.class_names).mean
+
+
+def no_feasible_message(study: optuna.Study, budget_ms: float) -> str:
+    """Why nothing was exported, the fastest latency seen, and the command to search again."""
+    measured = [t for t in study.get_trials(deepcopy=False) if "latency_ms" in t.user_attrs]
+    if not measured:
+        return f"no trial of {study.study_name!r} was measured yet: run autosculpt resume {study.study_name}"
+    fastest = min(measured, key=lambda t: t.user_attrs["latency_ms"])
+    latency = fastest.user_attrs["latency_ms"]
+    suggestion = math.ceil(latency * 1.2)
+    return (f"no fine-tuned trial within {budget_ms:g} ms: the fastest, trial {fastest.number}, took {latency:.2f} ms. "
+            f"Search with a larger budget: autosculpt search --budget-ms {suggestion}")

@@ -1,0 +1,93 @@
+"""A study's settings: what ``search`` was given, stored with the study so ``resume`` and workers reuse it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from ..space import SearchSpace
+from .errors import UserError
+from .latency import Target
+
+SETTINGS_ATTR = "settings"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker needs to run trials of one study, JSON-safe.
+
+    ``trials`` and ``timeout_s`` bound the whole study (all workers together);
+    ``seed`` fixes the data and baseline; each worker's sampler seed is derived from it
+    and the worker's index so workers never repeat each other's startup trials.
+    """
+
+    budget_ms: float
+    model: str = "unet"
+    weights: str | None = None
+    data: str | None = None
+    image_size: int = 96
+    patients: int | None = None
+    space: str = "per-layer"
+    space_spec: dict = field(default_factory=dict)
+    target: dict = field(default_factory=dict)
+    seed: int = 0
+    trials: int | None = 30
+    timeout_s: float | None = None
+    epochs: int = 6
+    baseline_epochs: int | None = None
+    distill: float = 1.0
+    warm_start: int = 4
+    preset: str = "default"
+
+    def __post_init__(self) -> None:
+        if not self.budget_ms > 0:
+            raise UserError(f"budget {self.budget_ms} ms is not a positive number: pass e.g. --budget-ms 20")
+        if self.trials is not None and self.trials < 1:
+            raise UserError(f"--trials {self.trials} must be at least 1")
+        if self.epochs < 1:
+            raise UserError(f"--epochs {self.epochs} must be at least 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Settings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def conflicts(self, other: "Settings", names: set[str]) -> list[str]:
+        """Names in ``names`` whose value differs between ``self`` and ``other``."""
+        return [name for name in sorted(names) if getattr(self, name) != getattr(other, name)]
+
+
+# Run presets: bundles of defaults. ``smoke`` is tiny data, a tiny model and a very short
+# fine-tune: a 3-trial search end to end in about a minute, for tests and demos.
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "smoke": {
+        "model": "unet-tiny",
+        "image_size": 32,
+        "patients": 8,
+        "trials": 3,
+        "epochs": 2,
+        "baseline_epochs": 8,
+        "warm_start": 1,
+    },
+}
+
+
+def with_preset(preset: str, given: dict) -> tuple[Settings, list[str]]:
+    """Settings from a run preset overridden by what the user ``given`` (None = not given).
+
+    Returns the settings and the names of those that fell back to a default, for the
+    single warning the CLI prints at the start.
+    """
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    chosen = {k: v for k, v in given.items() if v is not None}
+    values = {**PRESETS[preset], **chosen, "preset": preset}
+    values.setdefault("space_spec", SearchSpace.load(values.get("space", "per-layer")).to_dict())
+    values.setdefault("target", Target().to_dict())
+    settings = Settings(**values)
+    defaulted = [f.name for f in fields(Settings) if f.name not in chosen and f.name not in ("preset", "space_spec")]
+    return settings, defaulted
+

@@ -1,0 +1,108 @@
+"""Where studies live: Optuna's RDB storage (SQLite by default, PostgreSQL for many workers).
+
+Optuna's tables stay exactly as Optuna writes them, so ``optuna studies`` and
+optuna-dashboard read our studies. Trial weights go to an Optuna artifact store on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import make_url
+
+from .errors import UserError
+
+STORAGE_ENV = "AUTOSCULPT_STORAGE"
+ARTIFACTS_ENV = "AUTOSCULPT_ARTIFACTS"
+DEFAULT_STORAGE = "sqlite:///studies/autosculpt.db"
+
+# A worker that stops beating for the grace period is presumed dead: its RUNNING trial is
+# failed by the next worker that starts a trial, and retried once with the same parameters.
+# Both can be set from the environment (a slow shared file system may need a longer grace).
+HEARTBEAT_SECONDS = int(os.environ.get("AUTOSCULPT_HEARTBEAT_SECONDS", 5))
+GRACE_SECONDS = int(os.environ.get("AUTOSCULPT_GRACE_SECONDS", 20))
+
+
+def storage_url(cli_value: str | None) -> str:
+    """The storage URL: ``--storage``, else ``$AUTOSCULPT_STORAGE``, else the SQLite default."""
+    return cli_value or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def masked(url: str) -> str:
+    """``url`` with any password replaced by ``***``: the only form that is ever printed."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable storage URL>"
+
+
+def open_storage(url: str) -> RDBStorage:
+    """Connect to (and, if new, create) the Optuna storage at ``url``.
+
+    Heartbeats are on, so trials of a killed worker are failed after the grace period
+    and retried once. A malformed or unreachable URL raises :class:`UserError` whose
+    message shows the URL with its password masked.
+    """
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise UserError(
+            f"storage URL {masked(url)} is malformed: use e.g. sqlite:///studies/autosculpt.db "
+            "or postgresql://user:password@host:5432/db"
+        ) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs=_engine_kwargs(parsed.get_backend_name()),
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        reason = reason.replace(parsed.password or "\0", "***") if parsed.password else reason
+        raise UserError(f"cannot open storage {masked(url)}: {reason} (check the URL and that the server is up)") from None
+
+
+def _engine_kwargs(backend: str) -> dict:
+    """SQLite waits for a locked database instead of failing (several local workers);
+    server databases check pooled connections before use (survive a server restart)."""
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True}
+
+
+def artifact_dir(url: str) -> Path:
+    """Folder of the artifact store for the storage at ``url``.
+
+    ``$AUTOSCULPT_ARTIFACTS`` if set (a shared volume when workers run on several
+    machines); else ``artifacts/`` beside a SQLite file, or ``./studies/artifacts``.
+    """
+    if os.environ.get(ARTIFACTS_ENV):
+        path = Path(os.environ[ARTIFACTS_ENV])
+    else:
+        parsed = make_url(url)
+        database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+        path = Path(database).parent / "artifacts" if database and database != ":memory:" else Path("studies/artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def artifact_store(url: str) -> optuna.artifacts.FileSystemArtifactStore:
+    """Optuna's file-system artifact store for the storage at ``url``."""
+    return optuna.artifacts.FileSystemArtifactStore(str(artifact_dir(url)))
+
+
+def load_study(name: str, storage: RDBStorage) -> optuna.Study:
+    """The stored study ``name``; an unknown name is a :class:`UserError` listing those that exist."""
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none yet"
+        raise UserError(f"no study named {name!r} in this storage (studies: {known}); start one with autosculpt search")
+    return optuna.load_study(study_name=name, storage=storage)

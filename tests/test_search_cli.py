@@ -1,0 +1,145 @@
+"""The search as a user runs it: the CLI in a subprocess, on the smoke preset, against real storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime
+import optuna
+import pytest
+import torch
+from conftest import run_cli
+
+from autosculpt.search.data import load_data
+from autosculpt.search.train import dice_counts, scores_from_counts
+
+SMOKE = ("--preset", "smoke")
+
+
+def counted(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=url)
+    return [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def test_search_resume_export_predict(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    out = tmp_path / "best"
+    done = run_cli("search", *SMOKE, "--budget-ms", "50", "--study", "flow", "--storage", url, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "autosculpt resume flow" in done.stderr
+    first = {t.number: t.values for t in counted(url, "flow")}
+    assert len(first) == 3
+    assert (out / "model.onnx").exists() and (out / "report.html").exists()
+
+    done = run_cli("resume", "flow", "--storage", url, "--trials", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    after = {t.number: t.values for t in counted(url, "flow")}
+    assert len(after) == 5
+    assert all(after[number] == values for number, values in first.items())  # nothing lost or changed
+
+    export = tmp_path / "export"
+    done = run_cli("export", "flow", "--storage", url, "--out", str(export))
+    assert done.returncode == 0, done.stderr
+    card = json.loads((export / "model.json").read_text())
+    assert card["onnx_max_abs_diff"] < 1e-3
+    assert (export / "model.pt2").exists()
+    assert _onnx_test_dice(export / "model.onnx", card) == pytest.approx(card["dice"], abs=1e-6)
+
+    done = run_cli("trials", "flow", "--storage", url, "--format", "json")
+    assert len([row for row in json.loads(done.stdout) if row["state"] in ("COMPLETE", "PRUNED")]) == 5
+
+
+def _onnx_test_dice(path, card) -> float:
+    """Mean foreground Dice of the exported ONNX model on the test split, computed here independently."""
+    data = load_data(None, image_size=card["input_shape"][-1], seed=0, patients=8)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    pred = np.concatenate([session.run(None, {name: image[None].numpy()})[0].argmax(1) for image in data.test.images])
+    return scores_from_counts(dice_counts(torch.from_numpy(pred), data.test.masks, data.num_classes), data.class_names).mean
+
+
+def test_sigkill_mid_trial_then_resume(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    env = {"AUTOSCULPT_GRACE_SECONDS": "4", "AUTOSCULPT_HEARTBEAT_SECONDS": "1"}
+    command = [sys.executable, "-m", "autosculpt.search.cli", "search", *SMOKE, "--budget-ms", "50",
+               "--study", "killed", "--storage", url, "--epochs", "40", "--trials", "3"]
+    worker = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        running = _wait_for_finetuning(url, "killed", worker)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    time.sleep(5)  # let the heartbeat go stale
+    done = run_cli("resume", "killed", "--storage", url, "--epochs", "2", "--force", env=env)
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="killed", storage=url)
+    states = {t.number: t.state for t in study.trials}
+    assert states[running.number] == optuna.trial.TrialState.FAIL
+    retried = [t for t in study.trials if t.number > running.number and t.params == running.params]
+    assert retried and retried[0].state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert len(counted(url, "killed")) == 3
+
+
+def _wait_for_finetuning(url: str, name: str, process: subprocess.Popen, limit: float = 240):
+    """The first trial seen fine-tuning (it has an epoch recorded) while ``process`` runs."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the search ended before a trial was seen fine-tuning"
+        try:
+            for trial in optuna.load_study(study_name=name, storage=url).trials:
+                if trial.state == optuna.trial.TrialState.RUNNING and trial.user_attrs.get("dice_by_epoch"):
+                    return trial
+        except KeyError:
+            pass  # the study is not created yet
+        time.sleep(0.5)
+    raise AssertionError("no trial reached fine-tuning in time")
+
+
+BAD_INPUTS = [
+    (("search", "--budget-ms", "-3"), "budget"),
+    (("search", "--budget-ms", "abc"), "invalid float"),
+    (("resume", "no-such-study"), "no study named"),
+    (("search", "--budget-ms", "5", "--preset", "nope"), "invalid choice"),
+    (("search", "--budget-ms", "5", "--model", "resnet9000"), "unknown model"),
+    (("search", "--budget-ms", "5", "--space", "/nonexistent/space.toml"), "space"),
+    (("search", "--budget-ms", "5", "--target", "http://127.0.0.1:9"), "127.0.0.1:9"),
+    (("studies", "--storage", "postgresql://alice:s3cret-pw@127.0.0.1:1/db"), "cannot open storage"),
+    (("studies", "--storage", "not a url://alice:s3cret-pw@"), "malformed"),
+]
+
+
+@pytest.mark.parametrize("args, expected", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line(tmp_path, args, expected):
+    env = {"AUTOSCULPT_STORAGE": f"sqlite:///{tmp_path / 'studies.db'}", "AUTOSCULPT_AGENT_TOKEN": "t"}
+    done = run_cli(*args, "--preset", "smoke", env=env) if args[0] == "search" and "--preset" not in args else run_cli(*args, env=env)
+    assert done.returncode == 2
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr and "s3cret-pw" not in done.stderr + done.stdout
+    assert len(done.stderr.strip().splitlines()) <= 3  # argparse prints usage + the error line
+
+
+def test_storage_is_plain_optuna(storage_url):
+    """A study made by autosculpt is listed by Optuna's own CLI on every backend."""
+    done = run_cli("search", *SMOKE, "--budget-ms", "50", "--trials", "1", "--study", "plain", "--storage", storage_url)
+    assert done.returncode == 0, done.stderr
+    optuna_cli = os.path.join(os.path.dirname(sys.executable), "optuna")
+    listed = subprocess.run([optuna_cli, "studies", "--storage", storage_url, "-f", "json"], capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert [row["name"] for row in json.loads(listed.stdout)] == ["plain"]
+    done = run_cli("studies", "--storage", storage_url, "--format", "json")
+    assert json.loads(done.stdout)[0]["study"] == "plain"
+
+
+def test_every_command_has_help_with_examples():
+    from autosculpt.search.cli import COMMANDS
+
+    for command in COMMANDS:
+        done = run_cli(command, "--help")
+        assert done.returncode == 0, command
+        assert "examples:" in done.stdout, command
