@@ -1,0 +1,13 @@
+"""Segmentation data sets, split by patient into train, val and test.
+
+``load_data()`` gives the generated cardiac MRI set (nothing is ever downloaded);
+``load_data(path)`` reads a folder in the ACDC layout (``patientNNN/`` NIfTI volumes)
+or with ``images/`` and ``masks/`` holding same-named 2D files.  ``save_preview`` draws
+a few slices beside their masks, to check by eye what a search will train on.
+"""
+
+from ._load import load_data
+from ._preview import save_preview
+from ._types import SegmentationData, Split
+
+__all__ = ["SegmentationData", "Split", "load_data", "save_preview"]

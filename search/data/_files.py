@@ -1,0 +1,223 @@
+"""Real data from a folder: the ACDC layout of NIfTI volumes, or images/ and masks/ files.
+
+Every problem with the data is a :class:`UserError` whose one line names the file, the
+problem and the fix.  Slices come back fitted to the requested size (see :func:`fit`)
+but not normalised: the loader does that for every source alike.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..errors import UserError
+from ._cardiac import CLASS_NAMES as CARDIAC_CLASS_NAMES
+from ._types import Slices
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+MASK_SUFFIXES = (".png", ".tif", ".tiff")
+LAYOUTS = "patientNNN/ folders of NIfTI volumes (ACDC) or images/ and masks/ folders of 2D files"
+_ACDC_FILE = re.compile(r"^(patient\d+_frame\d+)(_gt)?\.nii(\.gz)?$")
+
+
+def read_folder(root: Path, image_size: int) -> Slices:
+    """Read ``root`` in whichever layout it has: ACDC first, then images/ and masks/."""
+    if not root.exists():
+        raise UserError(f"{root}: no such folder: check the path, or leave out --data to use the generated set")
+    if not root.is_dir():
+        raise UserError(f"{root}: not a folder: pass a folder holding {LAYOUTS}")
+    if not any(root.iterdir()):
+        raise UserError(f"{root}: empty folder: put {LAYOUTS} in it")
+    patients = sorted(p for p in [*root.glob("patient*"), *root.glob("*/patient*")] if p.is_dir())
+    if patients:
+        return _read_acdc(patients, image_size)
+    if (root / "images").is_dir() or (root / "masks").is_dir():
+        return _read_pairs(root, image_size)
+    raise UserError(f"{root}: matches neither layout: expected {LAYOUTS}")
+
+
+def fit(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit (n, h, w) slices into size x size: scale so the longer side is ``size`` (images
+    bilinear with anti-aliasing, masks nearest), then pad the shorter side evenly (images
+    with each slice's minimum, masks with background).  Returns float32 and int64 arrays."""
+    height, width = images.shape[1:]
+    ratio = size / max(height, width)
+    scaled = (max(1, round(height * ratio)), max(1, round(width * ratio)))
+    image_tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    mask_tensor = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[:, None]
+    if scaled != (height, width):
+        image_tensor = F.interpolate(image_tensor, size=scaled, mode="bilinear", align_corners=False, antialias=True)
+        mask_tensor = F.interpolate(mask_tensor, size=scaled, mode="nearest-exact")
+    top, left = (size - scaled[0]) // 2, (size - scaled[1]) // 2
+    out_images = np.empty((len(images), size, size), dtype=np.float32)
+    out_images[:] = image_tensor.amin(dim=(1, 2, 3)).numpy()[:, None, None]
+    out_images[:, top : top + scaled[0], left : left + scaled[1]] = image_tensor[:, 0].numpy()
+    out_masks = np.zeros((len(images), size, size), dtype=np.int64)
+    out_masks[:, top : top + scaled[0], left : left + scaled[1]] = mask_tensor[:, 0].numpy()
+    return out_images, out_masks
+
+
+def check_labels(file: Path, mask: np.ndarray, num_classes: int | None, fix: str) -> None:
+    """Labels must be integers in ``[0, num_classes)`` (any integer >= 0 when None)."""
+    fractional = mask[mask != np.round(mask)]
+    if fractional.size:
+        raise UserError(f"{file}: non-integer label {fractional[0]}: save masks with integer labels 0, 1, 2, ...")
+    if mask.size and mask.min() < 0:
+        raise UserError(f"{file}: negative label {mask.min():g}: labels run from 0 (background) upward")
+    if num_classes is not None and mask.size and mask.max() >= num_classes:
+        raise UserError(
+            f"{file}: label {mask.max():g} outside the {num_classes} classes (0-{num_classes - 1}): {fix}"
+        )
+
+
+def _read_acdc(patients: list[Path], image_size: int) -> Slices:
+    """Every slice (third axis) of every frame with a ``_gt`` mask; group = patient folder."""
+    images, masks, groups = [], [], []
+    for folder in patients:
+        for image_file, mask_file in _acdc_pairs(folder):
+            volume, labels = _nifti(image_file), _nifti(mask_file)
+            if volume.shape != labels.shape:
+                raise UserError(
+                    f"{mask_file}: shape {labels.shape} differs from {image_file.name} {volume.shape}: "
+                    "export the mask on the image's grid"
+                )
+            check_labels(mask_file, labels, len(CARDIAC_CLASS_NAMES), "fix the mask (ACDC labels are 0-3)")
+            fitted_images, fitted_masks = fit(volume.transpose(2, 0, 1), labels.transpose(2, 0, 1), image_size)
+            images.append(fitted_images)
+            masks.append(fitted_masks)
+            groups += [folder.name] * len(fitted_images)
+    return Slices(np.concatenate(images), np.concatenate(masks), tuple(groups), CARDIAC_CLASS_NAMES)
+
+
+def _acdc_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    """(image, mask) files of one patient folder, matched by frame name."""
+    images, masks = {}, {}
+    for file in folder.iterdir():
+        match = _ACDC_FILE.match(file.name)
+        if match:
+            (masks if match[2] else images)[match[1]] = file
+    if not images and not masks:
+        raise UserError(f"{folder}: no patientNNN_frameFF.nii.gz volumes: add them or remove the folder")
+    if unmatched := sorted(images.keys() - masks.keys()):
+        name = unmatched[0]
+        raise UserError(f"{images[name]}: image without mask: add {name}_gt.nii.gz beside it or remove it")
+    if unmatched := sorted(masks.keys() - images.keys()):
+        name = unmatched[0]
+        raise UserError(f"{masks[name]}: mask without image: add {name}.nii.gz beside it or remove it")
+    return [(images[name], masks[name]) for name in sorted(images)]
+
+
+def _nifti(file: Path) -> np.ndarray:
+    """A NIfTI volume as float32 (X, Y, Z); a 2D image becomes one slice."""
+    try:
+        volume = np.asarray(nibabel.load(file).get_fdata(dtype=np.float32))
+    except Exception as error:  # nibabel, gzip and zlib raise many types for a bad file
+        raise UserError(f"{file}: unreadable NIfTI ({error}): re-export or remove the file") from None
+    while volume.ndim > 3 and volume.shape[-1] == 1:
+        volume = volume[..., 0]
+    if volume.ndim == 2:
+        volume = volume[:, :, None]
+    if volume.ndim != 3:
+        raise UserError(f"{file}: {volume.ndim}D volume: give one 3D volume per frame (no time axis)")
+    return volume
+
+
+def _read_pairs(root: Path, image_size: int) -> Slices:
+    """images/NAME.* with masks/NAME.png|tif; group = file stem, so a file is one group."""
+    for folder in ("images", "masks"):
+        if not (root / folder).is_dir():
+            raise UserError(f"{root}: has no {folder}/ folder: add {folder}/ with one file per slice, same names")
+    images = _files_by_stem(root / "images", IMAGE_SUFFIXES)
+    masks = _files_by_stem(root / "masks", MASK_SUFFIXES)
+    if unmatched := sorted(images.keys() - masks.keys()):
+        stem = unmatched[0]
+        raise UserError(f"{images[stem]}: image without mask: add masks/{stem}.png or remove the image")
+    if unmatched := sorted(masks.keys() - images.keys()):
+        stem = unmatched[0]
+        raise UserError(f"{masks[stem]}: mask without image: add images/{stem}.png or remove the mask")
+    class_names = _class_names(root)
+    fix = "fix the mask or add the class's name to classes.txt"
+    pairs = []
+    for stem in sorted(images):
+        image, mask = _image(images[stem]), _mask(masks[stem])
+        if image.shape != mask.shape:
+            raise UserError(
+                f"{masks[stem]}: size {mask.shape[1]}x{mask.shape[0]} differs from its image "
+                f"{images[stem].name} {image.shape[1]}x{image.shape[0]}: resize the mask (nearest) to the image"
+            )
+        check_labels(masks[stem], mask, len(class_names) if class_names else None, fix)
+        pairs.append(fit(image[None], mask[None], image_size))
+    if class_names is None:
+        top = max(int(fitted_mask.max()) for _, fitted_mask in pairs)
+        class_names = ("background", *(f"class{i}" for i in range(1, max(2, top + 1))))
+    return Slices(
+        np.concatenate([image for image, _ in pairs]),
+        np.concatenate([mask for _, mask in pairs]),
+        tuple(sorted(images)),
+        class_names,
+    )
+
+
+def _files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """Files in ``folder`` with one of ``suffixes``, by stem; hidden files are skipped."""
+    files: dict[str, Path] = {}
+    for file in sorted(folder.iterdir()):
+        suffix = file.suffix.lower()
+        if file.name.startswith(".") or not file.is_file():
+            continue
+        if folder.name == "masks" and suffix in (".jpg", ".jpeg"):
+            raise UserError(f"{file}: JPEG mask: JPEG blurs labels, save the mask as PNG")
+        if suffix not in suffixes:
+            continue
+        if file.stem in files:
+            raise UserError(f"{file}: same name as {files[file.stem].name}: keep one file per slice name")
+        files[file.stem] = file
+    if not files:
+        kinds = "PNG, TIFF or JPEG images" if folder.name == "images" else "PNG or TIFF masks"
+        raise UserError(f"{folder}: no {kinds}: add one file per slice")
+    return files
+
+
+def _open(file: Path) -> Image.Image:
+    """The first frame of an image file, fully decoded (so a truncated file fails here)."""
+    try:
+        image = Image.open(file)
+        image.load()
+    except Exception as error:  # Pillow raises OSError, ValueError, DecompressionBombError...
+        raise UserError(f"{file}: unreadable image ({error}): re-export or remove the file") from None
+    if getattr(image, "n_frames", 1) > 1:
+        raise UserError(f"{file}: {image.n_frames} frames: save one 2D slice per file")
+    return image
+
+
+def _image(file: Path) -> np.ndarray:
+    """A greyscale float32 (H, W) image; colour is converted to luminance, 16-bit kept."""
+    image = _open(file)
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
+        image = image.convert("L")
+    return np.asarray(image, dtype=np.float32)
+
+
+def _mask(file: Path) -> np.ndarray:
+    """A label image as float64 (H, W), checked to be single-channel (palette indices kept)."""
+    image = _open(file)
+    if image.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "F"):
+        raise UserError(f"{file}: {image.mode} mask: save labels as a single-channel (greyscale) PNG")
+    return np.asarray(image, dtype=np.float64)
+
+
+def _class_names(root: Path) -> tuple[str, ...] | None:
+    """Names from ``classes.txt`` (one per line, label 0 first), or None when absent."""
+    file = root / "classes.txt"
+    if not file.is_file():
+        return None
+    names = tuple(line.strip() for line in file.read_text().splitlines() if line.strip())
+    if len(names) < 2:
+        raise UserError(f"{file}: {len(names)} class names: list at least 2, background first, one per line")
+    return names

@@ -1,0 +1,119 @@
+"""``load_data``: read or generate slices, normalise them, split by patient, fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..cache import cache_dir
+from ..errors import UserError
+from . import _cardiac
+from ._files import read_folder
+from ._types import SegmentationData, Slices, Split
+
+DEFAULT_PATIENTS = 60
+FRACTIONS = {"val": 0.15, "test": 0.15}  # the rest is train
+# Changing the generator's source changes the cache key, so a stale set is never served.
+_GENERATOR_ID = hashlib.sha256(Path(_cardiac.__file__).read_bytes()).hexdigest()[:10]
+
+
+def load_data(
+    path: str | os.PathLike | None = None, *, image_size: int = 96, seed: int = 0, patients: int | None = None
+) -> SegmentationData:
+    """The data set a search trains and scores on, split by patient into train/val/test.
+
+    ``path`` None gives the generated cardiac set (``patients`` patients, default 60,
+    cached on disk); a folder gives its ACDC or images/+masks/ data, and ``patients``
+    is then ignored (so a preset may set it).  Every slice is fitted to ``image_size``
+    square (a multiple of 16) and normalised per image.  The same arguments always give
+    the same tensors.  Bad settings or data raise :class:`UserError`.
+    """
+    _check_settings(image_size, seed, patients)
+    if path is None:
+        slices = _generated(image_size, seed, patients or DEFAULT_PATIENTS)
+    else:
+        slices = read_folder(Path(path), image_size)
+    return _assemble(slices, seed, "generated" if path is None else str(path))
+
+
+def _check_settings(image_size: int, seed: int, patients: int | None) -> None:
+    if image_size < 16 or image_size % 16:
+        lower, upper = max(16, image_size // 16 * 16), max(16, -(-image_size // 16) * 16)
+        choices = f"{lower} or {upper}" if lower != upper else str(lower)
+        raise UserError(f"image size {image_size} is not a multiple of 16 (the U-Net pools 4 times): use {choices}")
+    if seed < 0:
+        raise UserError(f"seed {seed} is negative: use a seed >= 0")
+    if patients is not None and patients < 3:
+        raise UserError(f"{patients} patients cannot fill train, val and test: ask for at least 3")
+
+
+def _generated(image_size: int, seed: int, patients: int) -> Slices:
+    """The generated set, from the cache when there (written atomically, so workers may share it)."""
+    file = cache_dir("data") / f"cardiac-{_GENERATOR_ID}-{image_size}px-seed{seed}-{patients}p.npz"
+    try:
+        with np.load(file) as stored:
+            return Slices(
+                stored["images"], stored["masks"], tuple(map(str, stored["groups"])), _cardiac.CLASS_NAMES
+            )
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        pass  # missing, or torn by a crash: generate it again
+    images, masks, groups = _cardiac.generate(image_size, seed, patients)
+    partial = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+    with open(partial, "wb") as handle:
+        np.savez(handle, images=images, masks=masks, groups=np.array(groups))
+    os.replace(partial, file)
+    return Slices(images, masks, groups, _cardiac.CLASS_NAMES)
+
+
+def split_groups(groups: tuple[str, ...], seed: int) -> dict[str, set[str]]:
+    """Shuffle the distinct groups with ``seed`` and deal them 70/15/15 into train, val
+    and test, at least one each; a group (patient) is in exactly one split."""
+    distinct = sorted(set(groups))
+    if len(distinct) < 3:
+        raise UserError(f"only {len(distinct)} patients or files: train, val and test need at least 3, add data")
+    order = [distinct[i] for i in np.random.default_rng(seed).permutation(len(distinct))]
+    sizes = {name: max(1, round(fraction * len(distinct))) for name, fraction in FRACTIONS.items()}
+    val_end = sizes["val"]
+    test_end = val_end + sizes["test"]
+    return {"val": set(order[:val_end]), "test": set(order[val_end:test_end]), "train": set(order[test_end:])}
+
+
+def normalise(images: np.ndarray) -> np.ndarray:
+    """Each (H, W) image shifted and scaled to zero mean and unit std (a flat image becomes 0)."""
+    images = images.astype(np.float32, copy=False)
+    mean = images.mean(axis=(1, 2), keepdims=True)
+    std = images.std(axis=(1, 2), keepdims=True)
+    return (images - mean) / np.maximum(std, 1e-6)
+
+
+def _assemble(slices: Slices, seed: int, source: str) -> SegmentationData:
+    images = normalise(slices.images)
+    groups = np.array(slices.groups)
+    splits = {}
+    for name, members in split_groups(slices.groups, seed).items():
+        chosen = np.isin(groups, list(members))
+        splits[name] = Split(
+            images=torch.from_numpy(np.ascontiguousarray(images[chosen][:, None])),
+            masks=torch.from_numpy(slices.masks[chosen].astype(np.int64)),
+            groups=tuple(groups[chosen].tolist()),
+        )
+    fingerprint = _fingerprint(splits, slices.class_names)
+    return SegmentationData(**splits, class_names=slices.class_names, source=source, fingerprint=fingerprint)
+
+
+def _fingerprint(splits: dict[str, Split], class_names: tuple[str, ...]) -> str:
+    """12 hex digits over every split's tensors and groups and the class names."""
+    digest = hashlib.blake2b(digest_size=6)
+    digest.update(repr(class_names).encode())
+    for name in sorted(splits):
+        split = splits[name]
+        digest.update(name.encode())
+        digest.update(split.images.numpy().tobytes())
+        digest.update(split.masks.numpy().tobytes())
+        digest.update("\n".join(split.groups).encode())
+    return digest.hexdigest()

@@ -1,0 +1,84 @@
+"""The data set types: what every loader returns and what training code reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+SPLITS = ("train", "val", "test")
+
+
+class Slices(NamedTuple):
+    """What a reader hands to the loader: every slice at the final size, before splitting.
+
+    ``images`` float32 (N, H, W) in raw intensities, ``masks`` integer (N, H, W) in
+    ``[0, len(class_names))``, ``groups`` the patient id or file stem of each slice.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    groups: tuple[str, ...]
+    class_names: tuple[str, ...]
+
+
+# eq=False: tensors do not compare with ``==``; compare fields with torch.equal instead.
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One split: ``images`` float32 (N, C, H, W), each normalised to zero mean and unit
+    std over the image; ``masks`` int64 (N, H, W) holding labels in ``[0, num_classes)``;
+    ``groups`` the patient id (or file stem) of each slice, so no group is in two splits."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    groups: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentationData:
+    """A data set split by patient into train, val and test.
+
+    ``class_names[i]`` names label ``i``; ``source`` is ``"generated"`` or the path given;
+    ``fingerprint`` is a short hex digest of the splits' content and the class names, so
+    it changes whenever anything a model is trained or scored on changes.
+    """
+
+    train: Split
+    val: Split
+    test: Split
+    class_names: tuple[str, ...]
+    source: str
+    fingerprint: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of every image and mask."""
+        height, width = self.train.images.shape[-2:]
+        return height, width
+
+    def describe(self) -> dict:
+        """A JSON-safe summary: source, slices and groups per split, sizes, classes, fingerprint."""
+        return {
+            "source": self.source,
+            "splits": {
+                name: {"slices": len(split), "groups": len(set(split.groups))}
+                for name, split in zip(SPLITS, (self.train, self.val, self.test))
+            },
+            "image_size": list(self.image_size),
+            "in_channels": self.in_channels,
+            "class_names": list(self.class_names),
+            "fingerprint": self.fingerprint,
+        }
