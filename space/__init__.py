@@ -1,0 +1,35 @@
+"""What can be searched and how a point of the space becomes a network.
+
+- the U-Net family and its presets (:mod:`.unet`), and any user ``nn.Module``
+  (:func:`load_user_model`);
+- the search space (:class:`SearchSpace`, TOML presets ``per-layer``, ``per-stage``,
+  ``uniform``) whose trials sample :class:`Recipe` objects;
+- structural pruning over Torch-Pruning: :func:`layer_groups`, :func:`channel_plan`,
+  :func:`apply_recipe`, :func:`rebuild`, and cheap size :func:`figures`.
+"""
+
+from ._figures import Figures, figures
+from ._prune import apply_recipe, layer_groups, rebuild
+from ._recipe import LayerGroup, Recipe, channel_plan
+from ._space import SearchSpace
+from ._usermodel import load_user_model
+from .unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, round_channels
+
+__all__ = [
+    "PRESETS",
+    "Figures",
+    "LayerGroup",
+    "Recipe",
+    "SearchSpace",
+    "UNet",
+    "UNetConfig",
+    "apply_recipe",
+    "channel_plan",
+    "count_parameters",
+    "figures",
+    "layer_groups",
+    "load_user_model",
+    "preset_config",
+    "rebuild",
+    "round_channels",
+]

@@ -1,0 +1,201 @@
+"""Structural pruning: one small adapter over Torch-Pruning's dependency graph.
+
+Torch-Pruning traces any ``nn.Module`` into groups of coupled channels (a conv's outputs,
+its BatchNorm, the inputs of every consumer, both sides of a concat or a residual sum).
+We name each group after its layer, decide how many channels it keeps from the recipe
+alone (:func:`channel_plan`), rank its channels by an importance criterion and remove the
+rest. Only state dicts are ever saved; :func:`rebuild` replays the recipe to get the
+architecture back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn import functional as F
+
+from ..search.errors import UserError
+from ._errors import brief
+from ._recipe import LayerGroup, Recipe, channel_plan, without_ignored
+
+_ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
+_L1 = tp.importance.GroupMagnitudeImportance(p=1, normalizer=None)
+_IMPORTANCE = {
+    "l1": _L1,
+    "bn": tp.importance.BNScaleImportance(normalizer=None),
+    "taylor": tp.importance.GroupTaylorImportance(normalizer=None),
+}
+# "scale" re-initialises with this seed, so a recipe always gives the same fresh network.
+_SCALE_SEED = 0
+
+
+def layer_groups(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str] = ()) -> list[LayerGroup]:
+    """The prunable layer groups of any model, in module order.
+
+    A group whose removal would change the model's output (the logits layer, or anything
+    summed into it) is never listed; groups named by ``ignore`` (names or module prefixes)
+    are left out. ``model`` is traced once with ``example_input``; its weights, BatchNorm
+    statistics and train/eval modes are left as they were.
+    """
+    return without_ignored(_list_groups(_graph(model, example_input)), ignore)
+
+
+def apply_recipe(
+    model: nn.Module,
+    recipe: Recipe,
+    example_input: torch.Tensor,
+    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> nn.Module:
+    """A smaller copy of ``model`` shaped by ``recipe``; ``model`` itself is never changed.
+
+    "prune" keeps in each group the channels the recipe's importance ranks highest, with
+    their trained weights; "taylor" needs ``calibration`` = (images, masks), masks holding
+    class indices (or float targets shaped like the logits). "scale" builds the same
+    architecture, then re-initialises every module that has ``reset_parameters()`` (BatchNorm
+    statistics included) from a fixed seed. Either way the result is deterministic, in eval
+    mode, and its output shape equals the baseline's.
+    """
+    net = copy.deepcopy(model)
+    if recipe.method == "scale":
+        prune_in_place(net, dataclasses.replace(recipe, importance="l1"), example_input)
+        _reinitialise(net)
+    else:
+        prune_in_place(net, recipe, example_input, calibration)
+    return net.eval()
+
+
+def rebuild(baseline: nn.Module, recipe: Recipe, example_input: torch.Tensor, state_dict: dict) -> nn.Module:
+    """The deployable network: the recipe's architecture carrying ``state_dict``'s weights.
+
+    ``state_dict`` is that of the pruned (and usually fine-tuned) network, loaded with
+    ``torch.load(..., weights_only=True)``. Which channels the importance picked does not
+    matter here, so no calibration is needed. A state dict of another architecture raises
+    :class:`UserError`.
+    """
+    net = copy.deepcopy(baseline)
+    prune_in_place(net, dataclasses.replace(recipe, importance="l1"), example_input)
+    try:
+        net.load_state_dict(state_dict)
+    except RuntimeError as err:
+        message = f"the weights do not fit the recipe's network ({brief(err)}): rebuild with their own recipe"
+        raise UserError(message) from err
+    return net.eval()
+
+
+def prune_in_place(
+    model: nn.Module,
+    recipe: Recipe,
+    example_input: torch.Tensor,
+    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, list[int]]:
+    """Remove channels from ``model`` itself; return the kept channel indices of each group.
+
+    Indices are in the unpruned model's numbering (each group is pruned exactly once).
+    """
+    graph = _graph(model, example_input)
+    plan = channel_plan(without_ignored(_list_groups(graph), recipe.ignore), recipe)
+    if recipe.importance == "taylor":
+        _backpropagate(model, calibration)
+    importance = _IMPORTANCE[recipe.importance]
+    kept = {}
+    for name, _, group in _named_groups(graph):
+        if name in plan:
+            kept[name] = _prune_group(group, importance, plan[name])
+    model.zero_grad(set_to_none=True)
+    return kept
+
+
+def _prune_group(group, importance, keep: int) -> list[int]:
+    """Remove all but the ``keep`` most important channels of ``group``; return the kept ones."""
+    scores = importance(group)
+    if scores is None:  # e.g. "bn" on a group without BatchNorm: fall back to magnitude
+        scores = _L1(group)
+    ranked = torch.argsort(scores, descending=True, stable=True).tolist()
+    if len(ranked) > keep:
+        group.prune(sorted(ranked[keep:]))
+    return sorted(ranked[:keep])
+
+
+def _list_groups(graph: tp.DependencyGraph) -> list[LayerGroup]:
+    """Every group of the graph's model as a :class:`LayerGroup`, in module order."""
+    order = {name: i for i, (name, _) in enumerate(graph.model.named_modules())}
+    groups = [
+        LayerGroup(name, name.split(".")[0], graph.get_out_channels(root)) for name, root, _ in _named_groups(graph)
+    ]
+    return sorted(groups, key=lambda g: order[g.name])
+
+
+def _named_groups(graph: tp.DependencyGraph) -> Iterator[tuple[str, nn.Module, object]]:
+    """(name, root layer, group) for every group that leaves the output shape alone.
+
+    Groups are produced lazily from the current model, so each may be pruned before the
+    next is built. A group is named after its first layer in module order.
+    """
+    names = {module: name for name, module in graph.model.named_modules()}
+    order = {module: i for i, module in enumerate(names)}
+    for group in graph.get_all_groups(root_module_types=_ROOT_TYPES):
+        outputs = [dep.target for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
+        if any(not node.outputs for node in outputs):  # a sink of the traced graph: the model's output
+            continue
+        layers = [node.module for node in outputs if isinstance(node.module, _ROOT_TYPES)]
+        root = min(layers, key=order.__getitem__)
+        yield names[root], root, group
+
+
+def _graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model``, traced in eval mode."""
+    with _eval_mode(model), torch.enable_grad():
+        try:
+            return tp.DependencyGraph().build_dependency(model, example_input, forward_fn=_call, verbose=False)
+        except (RuntimeError, ValueError, TypeError) as err:
+            shape = tuple(example_input.shape)
+            message = f"the model failed on an example input of shape {shape} ({brief(err)})"
+            raise UserError(f"{message}: check the input channels and size") from err
+
+
+def _call(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor:
+    """The forward pass Torch-Pruning traces: the model on the one input tensor, as is."""
+    return model(example_input)
+
+
+def _backpropagate(model: nn.Module, calibration) -> None:
+    """Leave the calibration loss's gradients in ``model`` for Taylor importance."""
+    if calibration is None:
+        raise UserError("importance 'taylor' needs a calibration batch (images, masks): pass one or use 'l1'")
+    images, masks = calibration
+    with _eval_mode(model), torch.enable_grad():
+        model.zero_grad(set_to_none=True)
+        logits = model(images)
+        if masks.is_floating_point():
+            loss = F.binary_cross_entropy_with_logits(logits, masks)
+        else:
+            loss = F.cross_entropy(logits, masks)
+        loss.backward()
+
+
+def _reinitialise(model: nn.Module) -> None:
+    """Fresh weights from a fixed seed, leaving the global random state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SCALE_SEED)
+        for module in model.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Run the block with ``model`` in eval mode, then restore every module's own mode."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training

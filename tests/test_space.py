@@ -1,0 +1,182 @@
+"""The search space: presets, Optuna sampling, warm-start recipes, TOML files and their errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+
+import optuna
+import pytest
+import torch
+
+from autosculpt.search.errors import UserError
+from autosculpt.space import Recipe, SearchSpace, UNet, apply_recipe, channel_plan, layer_groups, preset_config
+from autosculpt.space._space import PRESETS_DIR
+
+PRESETS = ("per-layer", "per-stage", "uniform")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; two threads spin for ages on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> UNet:
+    torch.manual_seed(0)
+    return UNet(preset_config("unet-tiny", 1, 4)).eval()
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    return torch.randn(1, 1, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def groups(tiny, x):
+    return layer_groups(tiny, x)
+
+
+def expected_params(space: SearchSpace, groups) -> set[str]:
+    names = {
+        "per-layer": {f"keep.{g.name}" for g in groups},
+        "per-stage": {f"keep.{g.stage}" for g in groups},
+        "uniform": {"keep"},
+    }[space.granularity]
+    choices = {"width": space.width_choices, "method": space.methods}
+    return names | {name for name, values in choices.items() if len(values) > 1}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_sample_valid_recipes(preset, tiny, x, groups):
+    space = SearchSpace.load(preset)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        trial = study.ask()
+        recipe = space.sample(trial, groups)
+        assert set(trial.params) == expected_params(space, groups)
+        assert set(recipe.keep) == {g.name for g in groups}
+        assert all(space.keep_low <= k <= space.keep_high for k in recipe.keep.values())
+        assert (recipe.round_to, recipe.importance) == (space.round_to, space.importance)
+        study.tell(trial, sum(channel_plan(groups, recipe).values()))
+    if space.granularity == "per-stage":
+        assert recipe.keep["enc2.conv1"] == recipe.keep["enc2.conv2"] == trial.params["keep.enc2"]
+    assert apply_recipe(tiny, recipe, x)(x).shape == tiny(x).shape
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_uniform_recipes_enqueue_and_run(preset, groups):
+    space = SearchSpace.load(preset)
+    points = space.uniform_recipes(6, groups)
+    study = optuna.create_study()
+    for params in points:
+        study.enqueue_trial(params)
+    study.optimize(lambda t: sum(channel_plan(groups, space.sample(t, groups)).values()), n_trials=len(points))
+    fractions = []
+    for trial, params in zip(study.trials, points):
+        assert trial.params == params
+        assert all(d._contains(d.to_internal_repr(trial.params[k])) for k, d in trial.distributions.items())
+        keeps = {v for k, v in params.items() if k.startswith("keep")}
+        assert len(keeps) == 1  # every group at one ratio
+        fractions.append(keeps.pop() * params.get("width", space.width_choices[0]))
+    assert fractions == sorted(fractions, reverse=True) and len(set(fractions)) == len(fractions)
+    assert fractions[0] == space.keep_high * max(space.width_choices)
+    assert fractions[-1] == pytest.approx(space.keep_low * min(space.width_choices))
+
+
+def test_both_methods_become_a_parameter(groups):
+    space = SearchSpace(methods=("prune", "scale"), granularity="uniform", width_choices=(1.0,))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    methods = set()
+    for _ in range(12):
+        trial = study.ask()
+        methods.add(space.sample(trial, groups).method)
+        assert set(trial.params) == {"keep", "method"}
+        study.tell(trial, 0.0)
+    assert methods == {"prune", "scale"}
+    assert all(p["method"] == "prune" for p in space.uniform_recipes(3, groups))
+
+
+def test_ignored_layers_are_not_searched(tiny, x, groups):
+    space = SearchSpace(ignore=("enc1", "up4"))
+    trial = optuna.create_study().ask()
+    recipe = space.sample(trial, groups)
+    assert not any(k.startswith(("keep.enc1.", "keep.up4")) for k in trial.params)
+    assert recipe.ignore == ("enc1", "up4")
+    channels = {n: tiny.get_submodule(n).out_channels for n in ("enc1.conv1", "up4")}
+    pruned = apply_recipe(tiny, recipe, x)
+    assert {n: pruned.get_submodule(n).out_channels for n in channels} == channels
+    assert space.sample(optuna.create_study().ask(), layer_groups(tiny, x, space.ignore)).ignore == ("enc1", "up4")
+    with pytest.raises(UserError, match="encoder"):
+        layer_groups(tiny, x, SearchSpace(ignore=("encoder",)).ignore)
+    with pytest.raises(UserError, match="no layer group"):
+        SearchSpace(ignore=("enc1", "enc2")).uniform_recipes(2, groups[:4])
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_round_trip(preset):
+    space = SearchSpace.load(preset)
+    assert space.granularity == preset
+    assert space.to_dict() == tomllib.loads((PRESETS_DIR / f"{preset}.toml").read_text())  # fully specified files
+    assert SearchSpace.from_dict(json.loads(json.dumps(space.to_dict()))) == space
+
+
+def test_user_toml_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('granularity = "per-stage"\nmethods = ["prune", "scale"]\nignore = ["enc1"]\n')
+    path.write_text(path.read_text() + "[keep]\nlow = 0.1\nhigh = 1\nlog = true\n")
+    space = SearchSpace.load(path)
+    expected = SearchSpace("per-stage", ("prune", "scale"), keep_low=0.1, keep_step=None, keep_log=True)
+    expected = dataclasses.replace(expected, ignore=("enc1",))
+    assert space == expected
+    assert SearchSpace.load(str(path)) == space and SearchSpace.from_dict(space.to_dict()) == space
+    assert space.keep_step is None and "step" not in space.to_dict()["keep"]
+    assert SearchSpace() == SearchSpace.load("per-layer") == SearchSpace.from_dict({})
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[keep]\nlow = 0.8\nhigh = 0.2", "keep.low"),
+        ("[keep]\nlow = 0.0", "keep.low"),
+        ("[keep]\nhigh = 1.5", "keep.high"),
+        ("[keep]\nstep = 0.05\nlog = true", "keep.log"),
+        ("[keep]\nlow = 0.1\nhigh = 1.0\nstep = 0.07", "keep.step"),
+        ('granularity = "per-block"', "granularity"),
+        ('methods = ["grow"]', "methods"),
+        ('methods = "prune"', "methods"),
+        ('importance = "random"', "importance"),
+        ("[width]\nchoices = [0.0, 1.0]", "width.choices"),
+        ("[width]\nchoices = []", "width.choices"),
+        ("[channels]\nround_to = 0", "channels.round_to"),
+        ("widht = 1", "'widht'"),
+        ("[keep]\nlo = 0.1", "'lo'"),
+        ("granularity = ", "invalid TOML"),
+    ],
+)
+def test_impossible_spaces_are_refused(tmp_path, text, key):
+    path = tmp_path / "bad.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(UserError) as info:
+        SearchSpace.load(path)
+    message = str(info.value)
+    assert str(path) in message and key in message and "\n" not in message
+
+
+def test_unknown_spaces_are_refused(tmp_path):
+    with pytest.raises(UserError, match="per-layer, per-stage, uniform"):
+        SearchSpace.load("per-block")
+    with pytest.raises(UserError, match="cannot read"):
+        SearchSpace.load(tmp_path / "missing.toml")
+
+
+def test_sampled_recipe_is_json_safe(groups):
+    trial = optuna.create_study().ask()
+    recipe = SearchSpace.load("per-layer").sample(trial, groups)
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
