@@ -79,7 +79,7 @@ def create_study(name: str, url: str, settings: Settings, context: Context) -> o
     study.set_user_attr("environment", environment())
     study.set_user_attr("started_at", time.time())
     study.set_user_attr("baseline", baseline_record(context))
-    for params in context.space.uniform_recipes(settings.warm_start):
+    for params in context.space.uniform_recipes(settings.warm_start, context.groups):
         study.enqueue_trial(params, skip_if_exists=True)
     return study
 

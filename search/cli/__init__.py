@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+
+import optuna
 
 from ..errors import UserError
 
@@ -24,6 +27,11 @@ COMMANDS: dict[str, str] = {
     "studies": "studies",
     "trials": "trials",
     "env": "env",
+    "serve": "serve",
+    "data": "data",
+    "latency": "latency",
+    "agent": "agent",
+    "report": "report",
 }
 
 
@@ -41,8 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Our own progress view reports trials; Optuna's per-trial log lines and its notes on
+    experimental features (heartbeat, artifacts) would only bury it."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``autosculpt`` console script."""
+    quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -52,7 +68,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
