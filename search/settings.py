@@ -68,8 +68,8 @@ PRESETS: dict[str, dict] = {
         "image_size": 32,
         "patients": 8,
         "trials": 3,
-        "epochs": 2,
-        "baseline_epochs": 8,
+        "epochs": 3,
+        "baseline_epochs": 40,
         "warm_start": 1,
     },
 }

@@ -26,7 +26,7 @@ class Schedule:
 
     epochs: int
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 3e-3
     distill: float = 0.0
     temperature: float = 2.0
     seed: int = 0

@@ -34,13 +34,12 @@ def session_cache(tmp_path_factory):
 
 def postgres_database() -> tuple[str, callable]:
     """A fresh PostgreSQL database on the test server: its URL and a function dropping it."""
-    import psycopg2
+    import psycopg
 
     server = make_url(os.environ[POSTGRES_ENV])
     name = f"autosculpt_test_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(host=server.host, port=server.port or 5432, user=server.username,
-                             password=server.password, dbname=server.database)
-    admin.autocommit = True
+    admin = psycopg.connect(host=server.host, port=server.port or 5432, user=server.username,
+                            password=server.password, dbname=server.database, autocommit=True)
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
 
     def drop() -> None:
