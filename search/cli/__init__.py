@@ -19,24 +19,32 @@ from ..errors import UserError
 
 # Command name -> module under autosculpt.search.cli. The one place commands are registered.
 COMMANDS: dict[str, str] = {
+    "data": "data",
     "baseline": "baseline",
+    "latency": "latency",
+    "agent": "agent",
     "search": "search",
     "resume": "resume",
     "worker": "worker",
-    "export": "export",
     "studies": "studies",
     "trials": "trials",
-    "env": "env",
-    "serve": "serve",
-    "data": "data",
-    "latency": "latency",
-    "agent": "agent",
+    "export": "export",
+    "predict": "predict",
     "report": "report",
+    "serve": "serve",
+    "env": "env",
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line naming the fix, not a usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="autosculpt",
         description="Prune an over-sized segmentation model to a latency budget on a target CPU.",
         epilog="Example: autosculpt search --budget-ms 20   (then: autosculpt report NAME --out report.html)",

@@ -47,7 +47,7 @@ def run(args) -> int:
         agent_info(args.target)
     settings, defaulted = with_preset(args.preset, settings_given(args))
     if defaulted:
-        console.print("defaults used: " + ", ".join(f"{name}={getattr(settings, name)}" for name in defaulted))
+        console.print("defaults used: " + ", ".join(describe(settings, name) for name in defaulted), soft_wrap=True)
     name = args.study or default_name(settings.model, settings.budget_ms)
     context = prepare(settings)
     create_study(name, url, settings, context)
@@ -67,6 +67,17 @@ def settings_given(args) -> dict:
         "space_spec": space_spec, "target": target.to_dict() if target else None, "epochs": args.epochs,
         "seed": args.seed,
     }
+
+
+def describe(settings, name: str) -> str:
+    """``name=value`` of one setting, in the words a user would type."""
+    value = getattr(settings, name)
+    if name == "target":
+        where = value["url"] or "this machine"
+        return f"target={where} ({value['threads']} thread, {value['runtime']})"
+    if name == "data" and value is None:
+        return "data=generated cardiac MRI"
+    return f"{name}={'none' if value is None else value}"
 
 
 def default_name(model: str, budget_ms: float) -> str:

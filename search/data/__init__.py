@@ -6,8 +6,19 @@ or with ``images/`` and ``masks/`` holding same-named 2D files.  ``save_preview`
 a few slices beside their masks, to check by eye what a search will train on.
 """
 
-from ._load import load_data
-from ._preview import save_preview
+from ._files import fit, read_image
+from ._load import load_data, normalise
+from ._preview import grey_tile, overlay_tile, save_preview
 from ._types import SegmentationData, Split
 
-__all__ = ["SegmentationData", "Split", "load_data", "save_preview"]
+__all__ = [
+    "SegmentationData",
+    "Split",
+    "fit",
+    "grey_tile",
+    "load_data",
+    "normalise",
+    "overlay_tile",
+    "read_image",
+    "save_preview",
+]

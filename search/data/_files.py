@@ -145,7 +145,7 @@ def _read_pairs(root: Path, image_size: int) -> Slices:
     fix = "fix the mask or add the class's name to classes.txt"
     pairs = []
     for stem in sorted(images):
-        image, mask = _image(images[stem]), _mask(masks[stem])
+        image, mask = read_image(images[stem]), _mask(masks[stem])
         if image.shape != mask.shape:
             raise UserError(
                 f"{masks[stem]}: size {mask.shape[1]}x{mask.shape[0]} differs from its image "
@@ -196,7 +196,7 @@ def _open(file: Path) -> Image.Image:
     return image
 
 
-def _image(file: Path) -> np.ndarray:
+def read_image(file: Path) -> np.ndarray:
     """A greyscale float32 (H, W) image; colour is converted to luminance, 16-bit kept."""
     image = _open(file)
     if image.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):

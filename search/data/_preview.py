@@ -32,8 +32,8 @@ def save_preview(data: SegmentationData, out: Path, count: int = 4, split: str =
     legend = _legend(data.class_names, columns * TILE)
     canvas = Image.new("RGB", (columns * TILE, rows * TILE + legend.height))
     for n, index in enumerate(picks):
-        grey = _grey(part.images[index, 0].numpy())
-        overlay = _overlay(grey, part.masks[index].numpy())
+        grey = grey_tile(part.images[index, 0].numpy())
+        overlay = overlay_tile(grey, part.masks[index].numpy())
         x, y = (n % PAIRS_PER_ROW) * 2 * TILE, (n // PAIRS_PER_ROW) * TILE
         canvas.paste(grey.convert("RGB"), (x, y))
         canvas.paste(overlay, (x + TILE, y))
@@ -44,14 +44,14 @@ def save_preview(data: SegmentationData, out: Path, count: int = 4, split: str =
     return out
 
 
-def _grey(image: np.ndarray) -> Image.Image:
+def grey_tile(image: np.ndarray) -> Image.Image:
     """The image scaled to TILE pixels, its 1st-99th percentiles stretched to black-white."""
     low, high = np.percentile(image, [1, 99])
     scaled = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
     return Image.fromarray((scaled * 255).astype(np.uint8)).resize((TILE, TILE), Image.Resampling.BICUBIC)
 
 
-def _overlay(grey: Image.Image, mask: np.ndarray) -> Image.Image:
+def overlay_tile(grey: Image.Image, mask: np.ndarray) -> Image.Image:
     """The grey tile with each foreground label blended in its palette colour."""
     labels = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((TILE, TILE), Image.Resampling.NEAREST))
     rgb = np.asarray(grey.convert("RGB"), dtype=np.float32)
