@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
@@ -89,11 +90,13 @@ def _train_with_progress(model: nn.Module, data: SegmentationData, schedule: Sch
         return
     columns = (TextColumn("[bold]baseline {task.fields[spec]}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}  val Dice {task.fields[dice]:.3f}"), TimeElapsedColumn())
-    with Progress(*columns, transient=False) as progress:
+    with Progress(*columns, transient=False, console=Console(stderr=True)) as progress:
         task = progress.add_task("baseline", total=schedule.epochs, spec=spec, loss=float("nan"), dice=0.0)
 
         def on_epoch(epoch: int, loss: float, scores: Scores) -> bool:
             progress.update(task, completed=epoch + 1, loss=loss, dice=scores.mean)
+            if not progress.console.is_terminal:  # a log file gets one line per epoch
+                progress.console.print(f"baseline {spec} epoch {epoch + 1}/{schedule.epochs}: loss {loss:.3f}, val Dice {scores.mean:.3f}")
             return True
 
         train(model, data, schedule, on_epoch=on_epoch)

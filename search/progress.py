@@ -13,7 +13,8 @@ from rich.table import Table
 
 
 class LiveView:
-    """A rich panel refreshed as trials progress (``phase``) and finish (``trial_finished``).
+    """A rich panel refreshed as trials progress (``phase``) and finish (``trial_finished``);
+    one line per finished trial instead when ``quiet`` or when stderr is not a terminal.
 
     Counts come from the trials this view is told about plus those already stored
     when it starts, so refreshing never queries the database.
@@ -28,7 +29,9 @@ class LiveView:
         self.phase_text = "starting"
         self.trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         self.console = Console(stderr=True)
-        self.live = None if quiet else Live(self._render(), console=self.console, refresh_per_second=2)
+        # In a log file (a container, a batch job) a live panel is unreadable: print lines.
+        live = not quiet and self.console.is_terminal
+        self.live = Live(self._render(), console=self.console, refresh_per_second=2) if live else None
 
     def __enter__(self) -> "LiveView":
         if self.live:
