@@ -78,8 +78,11 @@ def create_study(name: str, url: str, settings: Settings, context: Context) -> o
     study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
     study.set_user_attr("environment", environment())
     study.set_user_attr("started_at", time.time())
-    study.set_user_attr("baseline", baseline_record(context))
-    for params in context.space.uniform_recipes(settings.warm_start, context.groups):
+    baseline = baseline_record(context)
+    study.set_user_attr("baseline", baseline)
+    # Latency falls roughly with the square of the kept fraction of channels.
+    around = min(1.0, (settings.budget_ms / baseline["latency"]["median_ms"]) ** 0.5)
+    for params in context.space.uniform_recipes(settings.warm_start, context.groups, around=around):
         study.enqueue_trial(params, skip_if_exists=True)
     return study
 

@@ -152,21 +152,26 @@ class SearchSpace:
             ignore=self.ignore,
         )
 
-    def uniform_recipes(self, count: int, groups: Sequence[LayerGroup]) -> list[dict]:
+    def uniform_recipes(self, count: int, groups: Sequence[LayerGroup], around: float | None = None) -> list[dict]:
         """Up to ``count`` parameter dicts for ``study.enqueue_trial``: a warm start.
 
         ``groups`` are the model's, as for :meth:`sample` (per-layer parameters are named
         after them).
 
-        Each sets every group to one kept fraction; the fractions run geometrically from the
-        space's largest to its smallest (cost falls with the square of the fraction), each
-        snapped onto the space's distributions. Duplicates after snapping are dropped.
+        Each sets every group to one kept fraction, snapped onto the space's distributions
+        (duplicates after snapping are dropped). Without ``around`` the fractions run
+        geometrically from the space's largest to its smallest; with ``around`` (the
+        fraction expected to just meet a latency budget) they run from ``around * sqrt(2)``
+        to ``around / sqrt(2)``: cost falls with the square of the fraction, so they
+        bracket the budget from about twice to half of it.
         """
         if count < 1:
             raise UserError(f"warm-start count {count} must be at least 1")
         names = sorted({self._param(g) for g in self._searched(groups)})
         largest = self.keep_high * max(self.width_choices)
         smallest = self.keep_low * min(self.width_choices)
+        if around is not None:
+            largest, smallest = min(around * 2**0.5, largest), max(around / 2**0.5, smallest)
         points = []
         for i in range(count):
             fraction = largest * (smallest / largest) ** (i / max(count - 1, 1))

@@ -180,3 +180,12 @@ def test_sampled_recipe_is_json_safe(groups):
     trial = optuna.create_study().ask()
     recipe = SearchSpace.load("per-layer").sample(trial, groups)
     assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+
+
+def test_warm_start_brackets_a_kept_fraction(groups):
+    """With ``around``, the uniform points run from about sqrt(2) times it to 1/sqrt(2) times it."""
+    space = SearchSpace.load("uniform")
+    points = space.uniform_recipes(3, groups, around=0.3)
+    keeps = [p["keep"] * p.get("width", 1.0) for p in points]
+    assert keeps == sorted(keeps, reverse=True) and len(keeps) == 3
+    assert 0.3 * 2**0.5 + 0.05 >= keeps[0] > 0.3 > keeps[-1] >= 0.3 / 2**0.5 - 0.05
