@@ -9,6 +9,7 @@ study's trial count or time limit is reached. What a trial stores is listed in
 from __future__ import annotations
 
 import math
+import os
 import platform
 import tempfile
 import time
@@ -104,7 +105,7 @@ def environment() -> dict:
         "onnxruntime": onnxruntime.__version__,
         "torch_pruning": torch_pruning.__version__,
         "cpu_model": cpu_model(),
-        "cores": __import__("os").cpu_count(),
+        "cores": os.cpu_count(),
         "platform": platform.platform(),
     }
 

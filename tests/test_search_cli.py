@@ -151,3 +151,20 @@ def test_every_command_has_help_with_examples():
         done = run_cli(command, "--help")
         assert done.returncode == 0, command
         assert "examples:" in done.stdout, command
+
+
+def test_ctrl_c_marks_the_trial_failed_and_prints_resume(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    command = [sys.executable, "-m", "autosculpt.search.cli", "search", *SMOKE, "--budget-ms", "50",
+               "--study", "interrupted", "--storage", url, "--epochs", "40"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        running = _wait_for_finetuning(url, "interrupted", process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "autosculpt resume interrupted" in stderr and "Traceback" not in stderr
+    study = optuna.load_study(study_name="interrupted", storage=url)
+    assert study.trials[running.number].state == optuna.trial.TrialState.FAIL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ def run_workers(name: str, url: str, context: Context, workers: int, storage_fla
 
 def _spawn_worker(name: str, url: str, index: int) -> subprocess.Popen:
     """A background ``autosculpt worker`` on the same study; the URL travels in the environment."""
-    env = {**__import__("os").environ, "AUTOSCULPT_STORAGE": url}
+    env = {**os.environ, "AUTOSCULPT_STORAGE": url}
     command = [sys.executable, "-m", "autosculpt.search.cli", "worker", name, "--index", str(index), "--quiet"]
     return subprocess.Popen(command, env=env)
 
