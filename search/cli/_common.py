@@ -68,7 +68,10 @@ def print_rows(rows: list[dict], fmt: str, title: str) -> None:
             table.add_column(key)
         for row in rows:
             table.add_row(*(_cell(v) for v in row.values()))
-        Console().print(table)
+        console = Console()
+        if not console.is_terminal:  # piped or redirected: never squeeze columns to 80
+            console = Console(width=240)
+        console.print(table)
 
 
 def _cell(value) -> str:
