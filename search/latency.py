@@ -65,6 +65,8 @@ class Target:
     ``url`` None measures on this machine; ``"http://HOST:PORT"`` sends the model to an
     ``autosculpt agent`` there (token from ``$AUTOSCULPT_AGENT_TOKEN``), which runs ONNX
     Runtime only. ``batch`` replaces the leading dimension of the measured input shape.
+    After ``warmup`` runs, runs are timed until there are ``min_runs`` and either the
+    median is stable (its 95% confidence interval within 2%) or ``max_seconds`` passed.
     """
 
     url: str | None = None
@@ -126,7 +128,8 @@ def measure(model, input_shape: tuple[int, ...], target: Target = Target()) -> L
     """Latency of ``model`` (an ``nn.Module``) on one input of ``input_shape`` at ``target``.
 
     ``input_shape`` includes the batch dimension, which is set to ``target.batch``. The
-    model is measured in eval mode; its own mode is left as it was.
+    model is measured in eval mode; its own mode is left as it was. Raises
+    :class:`MeasurementError` or, for a remote target, :class:`TargetUnavailable`.
     """
     shape = _batched(input_shape, target.batch)
     if target.runtime == "torch":
