@@ -34,7 +34,7 @@ class Settings:
     timeout_s: float | None = None
     epochs: int = 6
     baseline_epochs: int | None = None
-    distill: float = 1.0
+    distill: float = 0.0
     warm_start: int = 4
     preset: str = "default"
 

@@ -23,7 +23,7 @@ import torch
 import torch_pruning
 from optuna.trial import FrozenTrial, TrialState
 
-from ..space import Figures, LayerGroup, Recipe, SearchSpace, apply_recipe, figures, layer_groups
+from ..space import Figures, LayerGroup, SearchSpace, apply_recipe, figures, layer_groups
 from .baseline import Baseline, example_input, get_baseline
 from .data import SegmentationData, load_data
 from .errors import UserError
@@ -162,7 +162,7 @@ class TrialRunner:
         trial.set_user_attr("feasible", over_budget <= 0)
         trial.set_user_attr("finetuned", over_budget <= 0)
         if over_budget <= 0:
-            self._finetune(trial, net, recipe, stats.median_ms)
+            self._finetune(trial, net, stats.median_ms)
         start = time.perf_counter()
         scores = evaluate(net, ctx.data.val, ctx.data.class_names)
         trial.set_user_attr("time_eval_s", time.perf_counter() - start)
@@ -204,11 +204,10 @@ class TrialRunner:
         trial.set_user_attr("runtime", stats.runtime)
         return stats
 
-    def _finetune(self, trial: optuna.Trial, net: torch.nn.Module, recipe: Recipe, latency_ms: float) -> None:
+    def _finetune(self, trial: optuna.Trial, net: torch.nn.Module, latency_ms: float) -> None:
         """Fine-tune within budget, stopping early when the epoch rule calls it hopeless."""
         ctx = self.context
-        schedule = Schedule(epochs=ctx.settings.epochs, seed=ctx.settings.seed + trial.number, distill=ctx.settings.distill,
-                            lr=1e-3 if recipe.method == "prune" else 3e-3)
+        schedule = Schedule(epochs=ctx.settings.epochs, seed=ctx.settings.seed + trial.number, distill=ctx.settings.distill)
         history: list[float] = []
         rule = EpochRule(self.study, latency_ms)
 

@@ -52,6 +52,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("ort", "torch"), help="deployed runtime to measure (default ort = ONNX Runtime)")
     parser.add_argument("--epochs", type=int, metavar="N", help="fine-tuning epochs per trial (default 6)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the data, baseline and samplers (default 0)")
+    parser.add_argument("--distill", type=float, metavar="W", help="weight of distillation from the baseline while fine-tuning (default 0: off)")
 
 
 def print_rows(rows: list[dict], fmt: str, title: str) -> None:

@@ -65,7 +65,7 @@ def settings_given(args) -> dict:
         "budget_ms": args.budget_ms, "trials": args.trials, "timeout_s": args.timeout, "model": args.model,
         "weights": args.weights, "data": args.data, "image_size": args.image_size, "space": args.space,
         "space_spec": space_spec, "target": target.to_dict() if target else None, "epochs": args.epochs,
-        "seed": args.seed,
+        "seed": args.seed, "distill": args.distill,
     }
 
 
