@@ -6,6 +6,7 @@ optuna-dashboard read our studies. Trial weights go to an Optuna artifact store 
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -25,6 +26,9 @@ DEFAULT_STORAGE = "sqlite:///studies/autosculpt.db"
 # Both can be set from the environment (a slow shared file system may need a longer grace).
 HEARTBEAT_SECONDS = int(os.environ.get("AUTOSCULPT_HEARTBEAT_SECONDS", 5))
 GRACE_SECONDS = int(os.environ.get("AUTOSCULPT_GRACE_SECONDS", 20))
+# A worker whose storage fails (server restarting, connections dropped) retries with
+# backoff for this long before it stops with a one-line error (see runner.Outage).
+STORAGE_PATIENCE_SECONDS = float(os.environ.get("AUTOSCULPT_STORAGE_PATIENCE_SECONDS", 60))
 
 
 def storage_url(cli_value: str | None) -> str:
@@ -57,17 +61,78 @@ def open_storage(url: str) -> RDBStorage:
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return RDBStorage(
+        return _Storage(
             url,
             engine_kwargs=_engine_kwargs(parsed.get_backend_name()),
             heartbeat_interval=HEARTBEAT_SECONDS,
             grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+            heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=1),
         )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        reason = reason.replace(parsed.password or "\0", "***") if parsed.password else reason
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError) as error:
+        reason = failure_reason(error, url)
         raise UserError(f"cannot open storage {masked(url)}: {reason} (check the URL and that the server is up)") from None
+
+
+class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a stale trial, with its parameters only.
+
+    Optuna's callback copies the failed attempt's attributes into the retry, so the
+    retry's own latency constraint would be ignored (Optuna keeps the first one set) and
+    its figures mixed with the dead attempt's. Kept: the parameters, the retry history
+    and ``fixed_params``; dropped: user attributes, constraints and artifact records.
+    """
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial = copy.deepcopy(trial)
+        trial.user_attrs = {}
+        trial.system_attrs = {key: value for key, value in trial.system_attrs.items()
+                              if not key.startswith(("constraints:", "artifacts:"))}
+        super().__call__(study, trial)
+
+
+class _Storage(RDBStorage):
+    """Optuna's RDB storage whose heartbeat survives a dropped connection.
+
+    Optuna beats from a thread that dies on the first storage error, so one dropped
+    connection would leave a live worker's trial without heartbeats, to be failed and
+    retried elsewhere while it still runs. Here a failed beat is skipped: the next one,
+    ``HEARTBEAT_SECONDS`` later, takes a fresh connection. Only a storage down for the
+    whole grace period makes the trial stale, as a dead worker's.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError):
+            pass
+
+
+def exception_chain(error: BaseException):
+    """``error`` and the exceptions it was raised from or while handling."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def is_storage_failure(error: BaseException) -> bool:
+    """True when ``error`` comes from the storage being unreachable or busy (a dropped
+    connection, a server restarting, SQLite locked past its timeout), not from our data."""
+    return any(isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+               or (isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated) for e in exception_chain(error))
+
+
+def failure_reason(error: BaseException, url: str) -> str:
+    """The first line of the database driver's message in ``error``, any password masked."""
+    cause = next((e for e in exception_chain(error) if isinstance(e, sqlalchemy.exc.DBAPIError) and e.orig is not None), error)
+    text = str(getattr(cause, "orig", None) or cause).strip()
+    reason = text.splitlines()[0] if text else cause.__class__.__name__
+    try:
+        password = make_url(url).password
+    except Exception:
+        password = None
+    return reason.replace(str(password), "***") if password else reason
 
 
 def _engine_kwargs(backend: str) -> dict:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+import sys
 
-from ..storage import storage_url
+from ..errors import UserError
+from ..runner import run_worker, wait_for_storage
+from ..storage import STORAGE_PATIENCE_SECONDS, is_storage_failure, storage_url
 from ..study import open_existing, prepare
-from ..runner import run_worker
 from ._common import add_command, add_storage_option
 
 EXAMPLES = [
@@ -25,7 +27,13 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     url = storage_url(args.storage)
-    study, settings = open_existing(args.name, url)
+    try:
+        study, settings = open_existing(args.name, url)
+    except UserError as error:  # a worker may start before its database server is up
+        if not is_storage_failure(error):
+            raise
+        print(f"{error}; retrying for up to {STORAGE_PATIENCE_SECONDS:g} s", file=sys.stderr)
+        study, settings = wait_for_storage(lambda: open_existing(args.name, url), url, args.name)
     index = random.SystemRandom().randrange(2**31) if args.index is None else args.index
     finished = run_worker(study, prepare(settings), url, worker_index=index, quiet=args.quiet)
     print(f"worker {index}: {finished} trials finished")
