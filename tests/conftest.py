@@ -18,6 +18,11 @@ from sqlalchemy.engine import make_url
 
 POSTGRES_ENV = "AUTOSCULPT_TEST_POSTGRES_URL"
 
+# Tests train tiny networks, often several processes at once on 2 cores: one thread each
+# is faster than PyTorch's default of one per core (set before any test imports torch,
+# and inherited by every CLI subprocess).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory):
