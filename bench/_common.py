@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -27,9 +26,9 @@ from autosculpt.search.latency import LatencyStats, Target, measure_onnx
 from autosculpt.search.onnx_io import to_onnx
 from autosculpt.search.runner import make_sampler, run_worker
 from autosculpt.search.settings import SETTINGS_ATTR, Settings, with_preset
-from autosculpt.search.storage import artifact_store, load_study, open_storage
+from autosculpt.search.storage import load_study, open_storage
 from autosculpt.search.study import Context, create_study, prepare
-from autosculpt.space import Recipe, SearchSpace, rebuild
+from autosculpt.space import SearchSpace
 
 PAPER_RATIO = 1148  # the published hand-tuned compression of the off-the-shelf U-Net
 DICE_TOLERANCE = 0.04  # "no more than 4% Dice loss", relative to the baseline's Dice
@@ -121,15 +120,6 @@ def hypervolume(points: Sequence[tuple[float, float]], reference_ms: float) -> f
         area += best_dice * (edge - latency)
     return area / reference_ms
 
-
-def trial_net(trial: FrozenTrial, context: Context, storage_url: str) -> torch.nn.Module:
-    """A trial's fine-tuned network, rebuilt from the baseline, its recipe and its stored weights."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "weights.pt"
-        optuna.artifacts.download_artifact(artifact_store=artifact_store(storage_url),
-                                           artifact_id=trial.user_attrs["weights_artifact"], file_path=str(path))
-        state = torch.load(path, weights_only=True)
-    return rebuild(context.baseline.model, Recipe.from_dict(trial.user_attrs["recipe"]), context.example, state)
 
 
 @dataclass(frozen=True)

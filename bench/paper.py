@@ -39,7 +39,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from _common import (DICE_TOLERANCE, PAPER_RATIO, front, make_settings, onnx_of, remeasure, run_study,  # noqa: E402
-                     scaling_row, scaling_table, trial_net, tuned)
+                     scaling_row, scaling_table, tuned)
+from autosculpt.search.export import trial_network  # noqa: E402
 from autosculpt.search.latency import Target  # noqa: E402
 
 SPACE = Path(__file__).with_name("paper-space.toml")
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
 
     console.print(f"re-measuring the baseline and {len(shown)} trials, {args.rounds} interleaved rounds ...")
     models = {"baseline": onnx_of(base.model, context)}
-    models.update({f"trial {t.number}": onnx_of(trial_net(t, context, url), context) for t in shown})
+    models.update({f"trial {t.number}": onnx_of(trial_network(t, context, url), context) for t in shown})
     latency = remeasure(models, tuple(context.example.shape), target, rounds=args.rounds)
     console.print(front_table(study, context, shown, pareto, best, latency, settings.budget_ms))
     console.print(verdict(best, base_dice, latency))

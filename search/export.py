@@ -49,7 +49,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
                         f"feasible={trial.user_attrs.get('feasible')}): export a complete trial within budget")
     settings = Settings.from_dict(study.user_attrs["settings"])
     context = prepare(replace(settings, distill=0.0))
-    net = _rebuild(trial, context, storage_url)
+    net = trial_network(trial, context, storage_url)
     folder.mkdir(parents=True, exist_ok=True)
     onnx_bytes = to_onnx(net, tuple(context.example.shape))
     (folder / "model.onnx").write_bytes(onnx_bytes)
@@ -78,7 +78,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
     return Exported(card, _samples(context, net_pred=test_pred))
 
 
-def _rebuild(trial: FrozenTrial, context: Context, storage_url: str) -> torch.nn.Module:
+def trial_network(trial: FrozenTrial, context: Context, storage_url: str) -> torch.nn.Module:
     """The trial's fine-tuned network from baseline + recipe + its stored state dict."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "weights.pt"

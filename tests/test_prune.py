@@ -98,15 +98,6 @@ def randomise_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two threads spin for ages on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def x() -> torch.Tensor:
     return torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
