@@ -76,7 +76,7 @@ def test_sigkill_mid_trial_then_resume(tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     env = {"AUTOSCULPT_GRACE_SECONDS": "4", "AUTOSCULPT_HEARTBEAT_SECONDS": "1"}
     command = [sys.executable, "-m", "autosculpt.search.cli", "search", *SMOKE, "--budget-ms", "50",
-               "--study", "killed", "--storage", url, "--epochs", "40", "--trials", "3"]
+               "--study", "killed", "--storage", url, "--epochs", "1000", "--trials", "3"]
     worker = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         running = _wait_for_finetuning(url, "killed", worker)
@@ -156,7 +156,7 @@ def test_every_command_has_help_with_examples():
 def test_ctrl_c_marks_the_trial_failed_and_prints_resume(tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     command = [sys.executable, "-m", "autosculpt.search.cli", "search", *SMOKE, "--budget-ms", "50",
-               "--study", "interrupted", "--storage", url, "--epochs", "40"]
+               "--study", "interrupted", "--storage", url, "--epochs", "1000"]  # Ctrl-C lands mid fine-tune
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         running = _wait_for_finetuning(url, "interrupted", process)
