@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import warnings
 
@@ -67,6 +68,10 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``autosculpt`` console script."""
     quiet_libraries()
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: restore it, so Ctrl-C and `docker stop` (SIGINT, see
+    # docker-compose.yml) always mark the running trial failed and exit cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
