@@ -46,14 +46,12 @@ def make_settings(*, model: str, budget_ms: float, trials: int, space: str | Pat
 
 
 def run_study(name: str, url: str, settings: Settings, *, sampler: Callable[[int], optuna.samplers.BaseSampler] = make_sampler,
-              context: Context | None = None, enqueue: Callable[[Context], Sequence[dict]] = lambda ctx: (),
-              run: bool = True) -> tuple[optuna.Study, Context, float]:
+              context: Context | None = None, run: bool = True) -> tuple[optuna.Study, Context, float]:
     """Create study ``name`` on ``url`` or resume it, and run it up to ``settings.trials``.
 
     Resuming takes the stored settings with the new trial count (a study runs in parts:
     ``--trials 10`` now, ``--trials 30`` later); other differences raise ``UserError``.
-    ``enqueue(context)`` gives fixed parameter sets added when the study is created, after
-    the library's warm start. ``run`` False only opens it (to report a study as it is). Returns the
+    ``run`` False only opens it (to report a study as it is). Returns the
     study, the context and the seconds this call spent running trials.
     """
     storage = open_storage(url)
@@ -71,8 +69,6 @@ def run_study(name: str, url: str, settings: Settings, *, sampler: Callable[[int
     else:
         context = _reuse(context, settings)
         study = create_study(name, url, settings, context)
-        for params in enqueue(context):
-            study.enqueue_trial(params, skip_if_exists=True)
     start = time.perf_counter()
     if run:
         run_worker(study, context, url, quiet=True, sampler=sampler)

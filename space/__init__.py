@@ -3,7 +3,8 @@
 - the U-Net family and its presets (:mod:`.unet`), and any user ``nn.Module``
   (:func:`load_user_model`);
 - the search space (:class:`SearchSpace`, TOML presets ``per-layer``, ``per-stage``,
-  ``uniform``) whose trials sample :class:`Recipe` objects;
+  ``uniform``) whose trials sample :class:`Recipe` objects, and the study's
+  :func:`warm_start` (uniform candidates and their capped twins of equal MACs);
 - structural pruning over Torch-Pruning: :func:`layer_groups`, :func:`channel_plan`,
   :func:`apply_recipe`, :func:`rebuild`, and cheap size :func:`figures`.
 """
@@ -12,6 +13,7 @@ from ._figures import Figures, figures
 from ._prune import apply_recipe, layer_groups, rebuild
 from ._recipe import LayerGroup, Recipe, channel_plan
 from ._space import SearchSpace
+from ._warm import capped_twin, warm_start
 from ._usermodel import load_user_model
 from .unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, round_channels
 
@@ -24,6 +26,7 @@ __all__ = [
     "UNet",
     "UNetConfig",
     "apply_recipe",
+    "capped_twin",
     "channel_plan",
     "count_parameters",
     "figures",
@@ -32,4 +35,5 @@ __all__ = [
     "preset_config",
     "rebuild",
     "round_channels",
+    "warm_start",
 ]

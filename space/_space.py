@@ -180,6 +180,32 @@ class SearchSpace:
                 points.append(params)
         return points
 
+    def capped_params(self, cap: int, groups: Sequence[LayerGroup]) -> dict:
+        """Params that keep at most ``cap`` channels in every group (narrower groups stay whole).
+
+        For ``enqueue_trial``. The width choice is the one that needs the least clipping of
+        keeps into the space's range; what remains clipped makes the result the nearest
+        point the space can suggest. A ``uniform`` space has one keep for every group and
+        cannot express a cap: it raises :class:`UserError`.
+        """
+        if self.granularity == "uniform":
+            raise UserError("a uniform space has one keep ratio for every layer: caps need per-layer or per-stage")
+        widest: dict[str, int] = {}
+        for g in self._searched(groups):
+            widest[self._param(g)] = max(widest.get(self._param(g), 0), g.channels)
+        wanted = {name: min(1.0, cap / channels) for name, channels in widest.items()}
+
+        def clipping(width: float) -> float:
+            return sum(abs(math.log(self._snap(fraction / width) * width / fraction)) for fraction in wanted.values())
+
+        width = min(self.width_choices, key=clipping)
+        params = {name: self._snap(fraction / width) for name, fraction in wanted.items()}
+        if len(self.width_choices) > 1:
+            params["width"] = width
+        if len(self.methods) > 1:
+            params["method"] = self.methods[0]
+        return params
+
     def _uniform_params(self, fraction: float, names: list[str]) -> dict:
         """Params for ``fraction`` of every group: the widest width whose keep stays in range."""
         widths = sorted(self.width_choices, reverse=True)

@@ -1,4 +1,4 @@
-"""The search space: presets, Optuna sampling, warm-start recipes, TOML files and their errors."""
+"""The search space: presets, Optuna sampling, warm-start recipes and capped twins, TOML files and their errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from autosculpt.search.errors import UserError
-from autosculpt.space import Recipe, SearchSpace, UNet, apply_recipe, channel_plan, layer_groups, preset_config
+from autosculpt.space import (LayerGroup, Recipe, SearchSpace, UNet, apply_recipe, channel_plan, figures, layer_groups, preset_config,
+                              warm_start)
 from autosculpt.space._space import PRESETS_DIR
 
 PRESETS = ("per-layer", "per-stage", "uniform")
@@ -180,3 +181,36 @@ def test_warm_start_brackets_a_kept_fraction(groups):
     keeps = [p["keep"] * p.get("width", 1.0) for p in points]
     assert keeps == sorted(keeps, reverse=True) and len(keeps) == 3
     assert 0.3 * 2**0.5 + 0.05 >= keeps[0] > 0.3 > keeps[-1] >= 0.3 / 2**0.5 - 0.05
+
+
+EXACT = SearchSpace(granularity="per-layer", keep_low=0.01, keep_step=None, keep_log=True, width_choices=(1.0,), round_to=1)
+
+
+def test_capped_params_cap_every_group(groups):
+    recipe = EXACT.sample(optuna.trial.FixedTrial(EXACT.capped_params(8, groups)), groups)
+    assert channel_plan(groups, recipe) == {g.name: min(g.channels, 8) for g in groups}
+
+
+def test_capped_params_choose_the_width_that_clips_least(groups):
+    wide = [LayerGroup("a.conv", "a", 256), LayerGroup("b.conv", "b", 512)]
+    space = SearchSpace(width_choices=(0.25, 1.0), keep_low=0.05, keep_step=0.05)
+    assert space.capped_params(4, wide) == {"keep.a.conv": 0.05, "keep.b.conv": 0.05, "width": 0.25}  # 13 and 26 channels
+    assert space.capped_params(128, wide)["width"] == 1.0  # keeps 0.5 and 0.25: width 0.25 would clip them
+    with pytest.raises(UserError, match="per-layer or per-stage"):
+        SearchSpace.load("uniform").capped_params(8, groups)
+
+
+def test_warm_start_pairs_each_uniform_point_with_a_capped_twin_of_equal_macs(tiny, x, groups):
+    def macs(params):
+        return figures(apply_recipe(tiny, EXACT.sample(optuna.trial.FixedTrial(params), groups), x), x, groups).macs
+
+    points = warm_start(EXACT, tiny, x, groups, 2, around=0.3)
+    assert points[0::2] == EXACT.uniform_recipes(2, groups, around=0.3)
+    for uniform, twin in zip(points[0::2], points[1::2]):
+        channels = channel_plan(groups, EXACT.sample(optuna.trial.FixedTrial(twin), groups))
+        cap = max(channels.values())
+        assert all(c == min(g.channels, cap) for g, c in zip(groups, channels.values()))
+        miss = abs(macs(twin) - macs(uniform))
+        for neighbour in (cap - 1, cap + 1):  # no other cap comes closer
+            assert abs(macs(EXACT.capped_params(neighbour, groups)) - macs(uniform)) >= miss
+    assert warm_start(SearchSpace.load("uniform"), tiny, x, groups, 3) == SearchSpace.load("uniform").uniform_recipes(3, groups)
