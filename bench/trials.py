@@ -2,13 +2,14 @@
 
 For each study (default: every study in the storage), from its trials' user attributes:
 median seconds per trial (wall clock, start to finish), trials per hour, the share of trial
-time spent measuring latency (``time_measure_s``), fine-tuning (``time_finetune_s``) and
-evaluating (``time_eval_s``; "other" is pruning, size figures, storage), the share of
+time spent measuring latency (``time_measure_s``), fine-tuning (``time_finetune_s``, which
+includes one validation pass per epoch) and scoring rejected candidates (``time_eval_s``;
+"other" is pruning, size figures, storage), the share of
 candidates rejected before training (over budget: ``finetuned`` False) and what that saved
 (rejected count x the study's median fine-tune time).
 
     python bench/trials.py --storage sqlite:///studies/bench.db
-    python bench/trials.py --storage sqlite:///studies/bench.db paper-0.65ms peers-unet-2ms-ours
+    python bench/trials.py --storage sqlite:///studies/bench.db paper-1ms-64px
 """
 
 from __future__ import annotations

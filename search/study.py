@@ -144,7 +144,7 @@ class TrialRunner:
     ``mac_ratio``, ``channels``, ``latency`` (full stats), ``latency_ms``,
     ``latency_p90_ms``, ``threads``, ``runtime``, ``feasible``, ``finetuned``,
     ``dice``, ``dice_per_class``, ``dice_by_epoch``, ``time_measure_s``,
-    ``time_finetune_s``, ``time_eval_s``, ``weights_artifact`` and, on failure,
+    ``time_finetune_s`` or (not fine-tuned) ``time_eval_s``, ``weights_artifact`` and, on failure,
     ``fail_reason``. The constraint ``latency`` is latency minus budget (feasible <= 0).
     A candidate over budget is scored without fine-tuning and costs seconds, not minutes.
     """
@@ -171,11 +171,7 @@ class TrialRunner:
         trial.set_constraint("latency", over_budget)
         trial.set_user_attr("feasible", over_budget <= 0)
         trial.set_user_attr("finetuned", over_budget <= 0)
-        if over_budget <= 0:
-            self._finetune(trial, net, stats.median_ms)
-        start = time.perf_counter()
-        scores = evaluate(net, ctx.data.val, ctx.data.class_names)
-        trial.set_user_attr("time_eval_s", time.perf_counter() - start)
+        scores = self._finetune(trial, net, stats.median_ms) if over_budget <= 0 else self._evaluate(trial, net)
         trial.set_user_attr("dice", scores.mean)
         trial.set_user_attr("dice_per_class", scores.per_class)
         return scores.mean, stats.median_ms
@@ -214,8 +210,19 @@ class TrialRunner:
         trial.set_user_attr("runtime", stats.runtime)
         return stats
 
-    def _finetune(self, trial: optuna.Trial, net: torch.nn.Module, latency_ms: float) -> None:
-        """Fine-tune within budget, stopping early when the epoch rule calls it hopeless."""
+    def _evaluate(self, trial: optuna.Trial, net: torch.nn.Module) -> Scores:
+        """Validation scores of a network as it is (over budget, so not fine-tuned)."""
+        start = time.perf_counter()
+        scores = evaluate(net, self.context.data.val, self.context.data.class_names)
+        trial.set_user_attr("time_eval_s", time.perf_counter() - start)
+        return scores
+
+    def _finetune(self, trial: optuna.Trial, net: torch.nn.Module, latency_ms: float) -> Scores:
+        """Fine-tune within budget, stopping early when the epoch rule calls it hopeless.
+
+        Returns the validation scores after the last epoch; their cost (one evaluation per
+        epoch) is part of ``time_finetune_s``.
+        """
         ctx = self.context
         schedule = Schedule(epochs=ctx.settings.epochs, seed=ctx.settings.seed + trial.number, distill=ctx.settings.distill)
         history: list[float] = []
@@ -231,9 +238,10 @@ class TrialRunner:
 
         net.train()
         start = time.perf_counter()
-        train(net, ctx.data, schedule, teacher_outputs=ctx.teacher_outputs, on_epoch=on_epoch)
+        scores = train(net, ctx.data, schedule, teacher_outputs=ctx.teacher_outputs, on_epoch=on_epoch)
         trial.set_user_attr("time_finetune_s", time.perf_counter() - start)
         self._upload_weights(trial, net)
+        return scores
 
     def _upload_weights(self, trial: optuna.Trial, net: torch.nn.Module) -> None:
         """Store the fine-tuned state dict as an Optuna artifact of the trial."""
