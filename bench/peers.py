@@ -7,9 +7,10 @@ rejected before training in every arm. Arms:
 (a) uniform   - one keep ratio for every layer, swept as a person would: a geometric grid
                 of ``--trials`` ratios bracketing the budget (the ``uniform`` space's warm
                 start with that many points);
-(b) random    - Optuna's RandomSampler over our per-layer space (with our warm start:
-                2 uniform candidates and their capped twins);
-(c) ours      - our default: multivariate TPE over the per-layer space (same warm start);
+(b) random    - Optuna's RandomSampler over a per-layer space (``--space``, default
+                ``bench/paper-space.toml``: keep 0.02..1 on a log scale) with our warm start
+                (3 uniform candidates and their capped twins);
+(c) ours      - our default sampler, multivariate TPE, over the same space and warm start;
 (d) NNI 3.0   - L1NormPruner + ModelSpeedup at the same uniform ratios as (a), run in a
                 separate venv (``$NNI_PYTHON``, default /tmp/nni-venv/bin/python); "not
                 installed" when that interpreter or nni is missing. NNI cannot prune
@@ -20,8 +21,9 @@ read from the same study with :func:`best_feasible`), and the hypervolume of its
 latency) front of fine-tuned trials within the study's budget, with reference point
 (Dice 0, the baseline's latency), divided by that latency (1 = Dice 1 at 0 ms).
 
-    python bench/peers.py                      # unet-paper, 64x64, 1 ms, 15 trials x 20 epochs per arm
-    python bench/peers.py --model unet --image-size 96 --budget-ms 2 --epochs 6 --trials 20
+    python bench/peers.py                      # unet-paper, 64x64, 1 ms, 30 trials x 20 epochs per arm
+    python bench/peers.py --arms uniform,nni & python bench/peers.py --arms random,ours   # two at a time
+    python bench/peers.py --model unet --image-size 96 --budget-ms 2 --epochs 6 --space per-layer
     python bench/peers.py --quick                              # unet-tiny, smoke data, 3 trials x 1 epoch per arm
 """
 
@@ -58,11 +60,13 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/bench.db; a temp file with --quick)")
     parser.add_argument("--prefix", help="study name prefix (default peers-<model>-<budget>ms)")
     parser.add_argument("--model", default=None, help="model preset (default unet-paper; unet-tiny with --quick)")
-    parser.add_argument("--trials", type=int, help="trials per arm (default 15; 3 with --quick)")
+    parser.add_argument("--trials", type=int, help="trials per arm (default 30; 3 with --quick)")
     parser.add_argument("--budget-ms", type=float, help="the studies' latency budget (default 1; 5 with --quick)")
     parser.add_argument("--image-size", type=int, help="input size (default 64; 32 with --quick)")
     parser.add_argument("--patients", type=int, help="generated patients (default 60; 8 with --quick)")
     parser.add_argument("--epochs", type=int, help="fine-tune epochs per trial (default 20; 1 with --quick)")
+    parser.add_argument("--space", default=str(Path(__file__).with_name("paper-space.toml")),
+                        help="space of arms (b) and (c): a preset name or .toml file (default bench/paper-space.toml)")
     parser.add_argument("--arms", default="uniform,random,ours,nni", help="comma-separated subset of the arms")
     parser.add_argument("--report", action="store_true", help="run no trials: report the stored studies as they are")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: unet-tiny, smoke data, 3 trials per arm")
@@ -75,7 +79,7 @@ def main(argv=None) -> int:
     console = Console(width=160)
     quick = args.quick
     common = {"model": args.model or ("unet-tiny" if quick else "unet-paper"), "budget_ms": args.budget_ms or (5.0 if quick else 1.0),
-              "trials": args.trials or (3 if quick else 15), "preset": "smoke" if quick else "default",
+              "trials": args.trials or (3 if quick else 30), "preset": "smoke" if quick else "default",
               "image_size": args.image_size or (None if quick else 64), "patients": args.patients,
               "epochs": args.epochs or (1 if quick else 20)}
     if quick:
@@ -83,11 +87,11 @@ def main(argv=None) -> int:
     url = args.storage or os.environ.get("AUTOSCULPT_BENCH_STORAGE") or (
         f"sqlite:///{tempfile.mkdtemp(prefix='peers-quick-')}/studies.db" if quick else "sqlite:///studies/bench.db")
     trials = common["trials"]
-    warm = 1 if quick else 2
+    warm = 1 if quick else 3
     arms = {
         "uniform": dict(space="uniform", warm_start=trials, sampler=make_sampler),
-        "random": dict(space="per-layer", warm_start=warm, sampler=lambda seed: optuna.samplers.RandomSampler(seed=seed)),
-        "ours": dict(space="per-layer", warm_start=warm, sampler=make_sampler),
+        "random": dict(space=args.space, warm_start=warm, sampler=lambda seed: optuna.samplers.RandomSampler(seed=seed)),
+        "ours": dict(space=args.space, warm_start=warm, sampler=make_sampler),
     }
     chosen = args.arms.split(",")
     prefix = args.prefix or f"peers-{common['model']}-{common['budget_ms']:g}ms" + (
