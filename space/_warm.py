@@ -21,7 +21,7 @@ from torch import nn
 
 from ._figures import figures
 from ._prune import apply_recipe
-from ._recipe import LayerGroup
+from ._recipe import LayerGroup, Recipe, channel_plan
 from ._space import SearchSpace
 
 
@@ -30,17 +30,20 @@ def warm_start(space: SearchSpace, model: nn.Module, example_input: torch.Tensor
     """Parameter dicts for ``study.enqueue_trial``: ``space.uniform_recipes(count, groups, around)``,
     each followed by its capped twin of equal MACs (see :func:`capped_twin`).
 
-    A ``uniform`` space gets no twins; a twin equal to a point already listed is dropped.
-    ``model`` is only read: each twin costs about a dozen prunings of it.
+    A ``uniform`` space gets no twins; a twin that builds the same network as a point
+    already listed (caps are rounded to ``round_to``) is dropped. ``model`` is only read:
+    each twin costs about a dozen prunings of it.
     """
     uniform = space.uniform_recipes(count, groups, around=around)
     if space.granularity == "uniform":
         return uniform
-    points: list[dict] = []
+    points, plans = [], []
     for params in uniform:
         for point in (params, capped_twin(space, model, example_input, groups, params)):
-            if point not in points:
+            plan = channel_plan(groups, _recipe(space, groups, point))
+            if plan not in plans:
                 points.append(point)
+                plans.append(plan)
     return points
 
 
@@ -51,8 +54,7 @@ def capped_twin(space: SearchSpace, model: nn.Module, example_input: torch.Tenso
     MACs grow with the cap, so the cap is found by bisection over 1 .. the widest group.
     """
     def macs(point: dict) -> int:
-        recipe = space.sample(optuna.trial.FixedTrial(point), groups)
-        return figures(apply_recipe(model, recipe, example_input), example_input, groups).macs
+        return figures(apply_recipe(model, _recipe(space, groups, point), example_input), example_input, groups).macs
 
     target = macs(params)
     low, high = 1, max(g.channels for g in groups)
@@ -64,3 +66,8 @@ def capped_twin(space: SearchSpace, model: nn.Module, example_input: torch.Tenso
             high = middle
     candidates = [space.capped_params(cap, groups) for cap in {max(low - 1, 1), low}]
     return min(candidates, key=lambda point: abs(macs(point) - target))
+
+
+def _recipe(space: SearchSpace, groups: Sequence[LayerGroup], params: dict) -> Recipe:
+    """The recipe a trial with these parameters would build."""
+    return space.sample(optuna.trial.FixedTrial(params), groups)

@@ -214,3 +214,10 @@ def test_warm_start_pairs_each_uniform_point_with_a_capped_twin_of_equal_macs(ti
         for neighbour in (cap - 1, cap + 1):  # no other cap comes closer
             assert abs(macs(EXACT.capped_params(neighbour, groups)) - macs(uniform)) >= miss
     assert warm_start(SearchSpace.load("uniform"), tiny, x, groups, 3) == SearchSpace.load("uniform").uniform_recipes(3, groups)
+
+
+def test_warm_start_drops_points_that_build_the_same_network(tiny, x, groups):
+    coarse = dataclasses.replace(EXACT, round_to=8)  # tiny's 4..64 channels leave few distinct networks
+    points = warm_start(coarse, tiny, x, groups, 4, around=0.2)
+    plans = [tuple(channel_plan(groups, coarse.sample(optuna.trial.FixedTrial(p), groups)).values()) for p in points]
+    assert len(set(plans)) == len(plans) < 8
