@@ -39,10 +39,10 @@ class SearchSpace:
 
     granularity: str = "per-layer"
     methods: tuple[str, ...] = ("prune",)
-    keep_low: float = 0.02
+    keep_low: float = 0.05
     keep_high: float = 1.0
-    keep_step: float | None = None
-    keep_log: bool = True
+    keep_step: float | None = 0.05
+    keep_log: bool = False
     width_choices: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     round_to: int = 4
     min_channels: int = 1
@@ -121,8 +121,8 @@ class SearchSpace:
             methods=_strings(data, "methods", default.methods),
             keep_low=keep.get("low", default.keep_low),
             keep_high=keep.get("high", default.keep_high),
-            keep_step=keep.get("step"),
-            keep_log=keep.get("log", False if "step" in keep else default.keep_log),
+            keep_step=keep.get("step", None if keep.get("log") else default.keep_step),
+            keep_log=keep.get("log", default.keep_log),
             width_choices=tuple(width.get("choices", default.width_choices)),
             round_to=channels.get("round_to", default.round_to),
             min_channels=channels.get("min_channels", default.min_channels),

@@ -193,7 +193,7 @@ def test_capped_params_cap_every_group(groups):
 
 def test_capped_params_choose_the_width_that_clips_least(groups):
     wide = [LayerGroup("a.conv", "a", 256), LayerGroup("b.conv", "b", 512)]
-    space = SearchSpace(width_choices=(0.25, 1.0), keep_low=0.05, keep_step=0.05, keep_log=False)
+    space = SearchSpace(width_choices=(0.25, 1.0), keep_low=0.05, keep_step=0.05)
     assert space.capped_params(4, wide) == {"keep.a.conv": 0.05, "keep.b.conv": 0.05, "width": 0.25}  # 13 and 26 channels
     assert space.capped_params(128, wide)["width"] == 1.0  # keeps 0.5 and 0.25: width 0.25 would clip them
     with pytest.raises(UserError, match="per-layer or per-stage"):
