@@ -9,7 +9,7 @@ speedup, with the baseline and the front re-measured side by side (interleaved r
 the end, and names the highest compression within 4% of the baseline's Dice. A second
 table shows where the trials' time went (see also ``bench/trials.py``).
 
-    python bench/paper.py                                   # the full run (about an hour on 2 cores)
+    python bench/paper.py                                   # the full run (about 25 min on 2 cores)
     python bench/paper.py --trials 20                       # first part; run again with more to resume
     python bench/paper.py --quick                           # unet-tiny, smoke data, 3 trials x 1 epoch, < 90 s
 
