@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import copy
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import optuna
 import sqlalchemy
+import sqlalchemy.orm
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models
+from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from .errors import UserError
@@ -105,6 +109,24 @@ class _Storage(RDBStorage):
             super().record_heartbeat(trial_id)
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError):
             pass
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials plus running ones that never got a heartbeat.
+
+        Optuna skips a trial with no heartbeat at all, so a trial created just before the
+        storage went away, whose worker then stopped, stayed RUNNING for ever and kept the
+        study one trial short (seen in the outage test). Such a trial is stale once it
+        started more than the grace period ago, as a live worker beats within one interval.
+        """
+        stale = super()._get_stale_trial_ids(study_id)
+        with self.scoped_session() as session:
+            now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
+            running = (session.query(models.TrialModel)
+                       .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
+                       .filter(models.TrialModel.state == TrialState.RUNNING, models.TrialModel.study_id == study_id).all())
+            limit = timedelta(seconds=self.grace_period + self.heartbeat_interval)
+            beatless = [t.trial_id for t in running if not t.heartbeats and t.datetime_start and now - t.datetime_start > limit]
+        return stale + [trial_id for trial_id in beatless if trial_id not in stale]
 
 
 def exception_chain(error: BaseException):

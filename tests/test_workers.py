@@ -31,6 +31,8 @@ from conftest import POSTGRES_ENV, postgres_database, run_cli
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
+from autosculpt.search.storage import RetryStaleTrial, _Storage
+
 SMOKE = ("--preset", "smoke", "--budget-ms", "50")  # every candidate is within 50 ms: all are fine-tuned
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 FAST_HEARTBEAT = {"AUTOSCULPT_HEARTBEAT_SECONDS": "1", "AUTOSCULPT_GRACE_SECONDS": "4"}
@@ -306,6 +308,21 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
 
 
 # --- the database going away ------------------------------------------------------------
+
+
+def test_a_trial_that_never_beat_is_failed_and_retried(storage_url):
+    """A trial created just before the storage went away, whose worker then stopped, has no
+    heartbeat at all; Optuna alone would leave it RUNNING and the study a trial short."""
+    storage = _Storage(storage_url, heartbeat_interval=1, grace_period=1,
+                       heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=1))
+    study = optuna.create_study(storage=storage)
+    study.ask({"keep": optuna.distributions.FloatDistribution(0.1, 1.0)})
+    optuna.storages.fail_stale_trials(study)
+    assert [t.state for t in study.trials] == [TrialState.RUNNING]  # within the grace period
+    time.sleep(3.5)
+    optuna.storages.fail_stale_trials(study)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[1].params == study.trials[0].params
 
 
 @needs_postgres
