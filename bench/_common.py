@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import time
@@ -34,6 +35,16 @@ PAPER_RATIO = 1148  # the published hand-tuned compression of the off-the-shelf 
 DICE_TOLERANCE = 0.04  # "no more than 4% Dice loss", relative to the baseline's Dice
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def add_study_options(parser: argparse.ArgumentParser) -> None:
+    """The options every search benchmark shares: where its studies live and what they run."""
+    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/bench.db; a temp file with --quick)")
+    parser.add_argument("--budget-ms", type=float, help="latency budget, ONNX Runtime 1 thread (default 1; 5 with --quick)")
+    parser.add_argument("--patients", type=int, help="generated patients (default 60; 8 with --quick)")
+    parser.add_argument("--image-size", type=int, help="input size, a multiple of 16 (default 64; 32 with --quick)")
+    parser.add_argument("--epochs", type=int, help="fine-tune epochs per trial (default 20; 1 with --quick)")
+    parser.add_argument("--report", action="store_true", help="run no trials: report the stored studies as they are")
 
 
 def make_settings(*, model: str, budget_ms: float, trials: int, space: str | Path, preset: str = "default",

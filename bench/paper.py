@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from _common import (DICE_TOLERANCE, PAPER_RATIO, front, make_settings, onnx_of, remeasure, run_study,  # noqa: E402
+from _common import (DICE_TOLERANCE, PAPER_RATIO, add_study_options, front, make_settings, onnx_of, remeasure, run_study,  # noqa: E402
                      scaling_row, scaling_table, tuned)
 from autosculpt.search.export import trial_network  # noqa: E402
 from autosculpt.search.latency import Target  # noqa: E402
@@ -45,17 +45,12 @@ SPACE = Path(__file__).with_name("paper-space.toml")
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite file under studies/, a temp file with --quick)")
-    parser.add_argument("--study", help="study name (default: paper-<budget>ms, or paper-quick)")
+    add_study_options(parser)
+    parser.add_argument("--study", help="study name (default: paper-<budget>ms-<size>px, or paper-quick)")
     parser.add_argument("--trials", type=int, help="total trials of the study (default 40; 3 with --quick)")
-    parser.add_argument("--budget-ms", type=float, help="latency budget, ONNX Runtime 1 thread (default 1)")
-    parser.add_argument("--patients", type=int, help="generated patients (default 60; 8 with --quick)")
-    parser.add_argument("--image-size", type=int, help="input size, a multiple of 16 (default 64; 32 with --quick)")
-    parser.add_argument("--epochs", type=int, help="fine-tune epochs per trial (default 20; 1 with --quick)")
     parser.add_argument("--warm-start", type=int, default=None, help="the library's warm start: uniform candidates "
                         "bracketing the budget, each with a capped twin (default 3)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the final re-measurement")
-    parser.add_argument("--report", action="store_true", help="run no trials: report the stored studies as they are")
     parser.add_argument("--quick", action="store_true", help="tiny CI run: unet-tiny, smoke data, 3 trials")
     return parser.parse_args(argv)
 

@@ -44,7 +44,7 @@ import optuna  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from _common import front, hypervolume, make_settings, run_study, scaling_row, scaling_table, tuned  # noqa: E402
+from _common import add_study_options, front, hypervolume, make_settings, run_study, scaling_row, scaling_table, tuned  # noqa: E402
 from autosculpt.search.latency import Target, measure  # noqa: E402
 from autosculpt.search.storage import open_storage  # noqa: E402
 from autosculpt.search.runner import make_sampler  # noqa: E402
@@ -57,18 +57,13 @@ NNI_WORKER = Path(__file__).with_name("_nni_worker.py")
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/bench.db; a temp file with --quick)")
-    parser.add_argument("--prefix", help="study name prefix (default peers-<model>-<budget>ms)")
+    add_study_options(parser)
+    parser.add_argument("--prefix", help="study name prefix (default peers-<model>-<budget>ms-<size>px)")
     parser.add_argument("--model", default=None, help="model preset (default unet-paper; unet-tiny with --quick)")
     parser.add_argument("--trials", type=int, help="trials per arm (default 30; 3 with --quick)")
-    parser.add_argument("--budget-ms", type=float, help="the studies' latency budget (default 1; 5 with --quick)")
-    parser.add_argument("--image-size", type=int, help="input size (default 64; 32 with --quick)")
-    parser.add_argument("--patients", type=int, help="generated patients (default 60; 8 with --quick)")
-    parser.add_argument("--epochs", type=int, help="fine-tune epochs per trial (default 20; 1 with --quick)")
     parser.add_argument("--space", default=str(Path(__file__).with_name("paper-space.toml")),
                         help="space of arms (b) and (c): a preset name or .toml file (default bench/paper-space.toml)")
     parser.add_argument("--arms", default="uniform,random,ours,nni", help="comma-separated subset of the arms")
-    parser.add_argument("--report", action="store_true", help="run no trials: report the stored studies as they are")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: unet-tiny, smoke data, 3 trials per arm")
     return parser.parse_args(argv)
 
