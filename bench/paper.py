@@ -14,7 +14,7 @@ table shows where the trials' time went (see also ``bench/trials.py``).
     python bench/paper.py --quick                           # unet-tiny, smoke data, 3 trials x 1 epoch, < 90 s
 
 Defaults: 64x64 images (60 generated patients), a budget of 1 ms for ONNX Runtime at 1
-thread (the baseline takes about 50x that), 40 trials of 20 fine-tune epochs each. Space:
+thread (the baseline took 61 ms here), 40 trials of 20 fine-tune epochs each. Space:
 ``bench/paper-space.toml`` (per-layer keep ratios, 0.02..1 on a log scale). The warm start is
 the library's own: uniform candidates bracketing the budget, each with its capped twin of
 equal MACs (:func:`autosculpt.space.warm_start`). Tiny networks need that many fine-tune
