@@ -128,7 +128,6 @@ def hypervolume(points: Sequence[tuple[float, float]], reference_ms: float) -> f
     return area / reference_ms
 
 
-
 @dataclass(frozen=True)
 class Remeasured:
     """Latency of one model over interleaved rounds: the median of the rounds' medians and p90s."""

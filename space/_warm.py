@@ -13,6 +13,7 @@ equal cost from the first trials, and the sampler refines whichever wins.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import optuna
@@ -51,21 +52,28 @@ def capped_twin(space: SearchSpace, model: nn.Module, example_input: torch.Tenso
                 params: dict) -> dict:
     """The capped point (:meth:`SearchSpace.capped_params`) whose MACs are closest to ``params``'s.
 
-    MACs grow with the cap, so the cap is found by bisection over 1 .. the widest group.
+    MACs grow with the cap, so the cap is found by bisection over 1 .. the widest group;
+    each cap is pruned and counted once.
     """
-    def macs(point: dict) -> int:
-        return figures(apply_recipe(model, _recipe(space, groups, point), example_input), example_input, groups).macs
+    @functools.cache
+    def cost(cap: int) -> int:
+        return _macs(space, model, example_input, groups, space.capped_params(cap, groups))
 
-    target = macs(params)
+    target = _macs(space, model, example_input, groups, params)
     low, high = 1, max(g.channels for g in groups)
     while low < high:  # the smallest cap that costs at least the target
         middle = (low + high) // 2
-        if macs(space.capped_params(middle, groups)) < target:
+        if cost(middle) < target:
             low = middle + 1
         else:
             high = middle
-    candidates = [space.capped_params(cap, groups) for cap in {max(low - 1, 1), low}]
-    return min(candidates, key=lambda point: abs(macs(point) - target))
+    cap = min({max(low - 1, 1), low}, key=lambda c: abs(cost(c) - target))
+    return space.capped_params(cap, groups)
+
+
+def _macs(space: SearchSpace, model: nn.Module, example_input: torch.Tensor, groups: Sequence[LayerGroup], params: dict) -> int:
+    """Multiply-accumulates of the network a trial with these parameters would build."""
+    return figures(apply_recipe(model, _recipe(space, groups, params), example_input), example_input, groups).macs
 
 
 def _recipe(space: SearchSpace, groups: Sequence[LayerGroup], params: dict) -> Recipe:
