@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -23,6 +24,7 @@ from torch.nn import functional as F
 from ..search.errors import UserError
 from ._errors import brief
 from ._recipe import LayerGroup, Recipe, channel_plan, without_ignored
+from ._tp_patch import UntracedConcatInput, decouple_broadcasts, recording_concats
 
 _ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
 _L1 = tp.importance.GroupMagnitudeImportance(p=1, normalizer=None)
@@ -40,10 +42,19 @@ def layer_groups(model: nn.Module, example_input: torch.Tensor, ignore: Sequence
 
     A group whose removal would change the model's output (the logits layer, or anything
     summed into it) is never listed; groups named by ``ignore`` (names or module prefixes)
-    are left out. ``model`` is traced once with ``example_input``; its weights, BatchNorm
+    are left out. ``model`` is traced with ``example_input``; its weights, BatchNorm
     statistics and train/eval modes are left as they were.
+
+    Each listed group is then tried: a copy of the model loses one channel of every group
+    and must still run and give the same output shape. A model that cannot be traced or
+    pruned raises :class:`UserError` naming the layer or operation at fault, so the failure
+    comes before any training.
     """
-    return without_ignored(_list_groups(_graph(model, example_input)), ignore)
+    graph = _graph(model, example_input)
+    groups = without_ignored(_list_groups(graph), ignore)
+    steps = {name: _channel_step(group) for name, _, group in _named_groups(graph)}
+    _check_prunable(model, groups, steps, example_input)
+    return groups
 
 
 def apply_recipe(
@@ -106,9 +117,22 @@ def prune_in_place(
     kept = {}
     for name, _, group in _named_groups(graph):
         if name in plan:
+            _check_step(name, plan[name], _channel_step(group))
             kept[name] = _prune_group(group, importance, plan[name])
     model.zero_grad(set_to_none=True)
     return kept
+
+
+def _channel_step(group) -> int:
+    """The group's channel counts must be multiples of this: the GroupNorms' group counts."""
+    norms = [dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.GroupNorm)]
+    return math.lcm(1, *(norm.num_groups for norm in norms))
+
+
+def _check_step(name: str, keep: int, step: int) -> None:
+    if keep % step:
+        message = f"layer group {name} feeds a GroupNorm of {step} groups, so it cannot keep {keep} channels"
+        raise UserError(f"{message}: set channels.round_to to a multiple of {step} in the search space")
 
 
 def _prune_group(group, importance, keep: int) -> list[int]:
@@ -148,20 +172,85 @@ def _named_groups(graph: tp.DependencyGraph) -> Iterator[tuple[str, nn.Module, o
         yield names[root], root, group
 
 
+def _check_prunable(model: nn.Module, groups: Sequence[LayerGroup], steps: dict[str, int], example_input) -> None:
+    """Raise :class:`UserError` unless ``model`` still runs with fewer channels in every group.
+
+    Each group loses one channel, or its ``steps`` (GroupNorm's group count). On failure, the
+    groups are tried one at a time to name the first that breaks the model.
+    """
+    fewer = {g.name: g.channels - steps[g.name] for g in groups if g.channels > steps[g.name]}
+    recipe = Recipe(keep={g.name: fewer[g.name] / g.channels for g in groups if g.name in fewer})
+    with _eval_mode(model), torch.no_grad():
+        expected = _call(model, example_input)
+    together = _breaks(model, recipe, example_input, expected)
+    if together is None:
+        return
+    for name, ratio in recipe.keep.items():
+        error = _breaks(model, Recipe(keep={name: ratio}), example_input, expected)
+        if error is not None:
+            message = f"pruning layer group {name} breaks the model ({error})"
+            raise UserError(f"{message}: add {name!r} to the search space's ignore list to keep it whole")
+    raise UserError(f"pruning all layer groups together breaks the model ({together}): report the model to us")
+
+
+def _breaks(model: nn.Module, recipe: Recipe, example_input: torch.Tensor, expected) -> str | None:
+    """Why ``model`` pruned by ``recipe`` fails or changes its output shapes; None if it does not."""
+    try:
+        net = apply_recipe(model, recipe, example_input)
+        with torch.no_grad():
+            got = _call(net, example_input)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        return brief(err)
+    shapes = [tuple(t.shape) for t in tp.utils.flatten_as_list(got)]
+    if shapes != [tuple(t.shape) for t in tp.utils.flatten_as_list(expected)]:
+        return f"its outputs became {shapes}"
+    return None
+
+
 def _graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model``, traced in eval mode."""
-    with _eval_mode(model), torch.enable_grad():
+    """Torch-Pruning's dependency graph of ``model``, traced in eval mode.
+
+    While tracing, in-place activations run out of place (an in-place activation on a norm's
+    output would hide that norm from the trace), and concatenations and broadcasts record
+    what :mod:`._tp_patch` needs to repair the graph.
+    """
+    with _eval_mode(model), _out_of_place(model), recording_concats(), torch.enable_grad():
         try:
-            return tp.DependencyGraph().build_dependency(model, example_input, forward_fn=_call, verbose=False)
-        except (RuntimeError, ValueError, TypeError) as err:
+            graph = tp.DependencyGraph().build_dependency(model, example_input, forward_fn=_traced_call, verbose=False)
+        except _ForwardFailed as failure:
+            err = failure.__cause__
             shape = tuple(example_input.shape)
             message = f"the model failed on an example input of shape {shape} ({brief(err)})"
             raise UserError(f"{message}: check the input channels and size") from err
+        except UntracedConcatInput as err:
+            message = f"cannot prune: {err} (the input image or a constant)"
+            raise UserError(f"{message}: concatenate only layer outputs along channels") from err
+        except Exception as err:  # Torch-Pruning's analysis may raise anything
+            message = f"Torch-Pruning cannot analyse the model ({type(err).__name__}: {brief(err)})"
+            raise UserError(f"{message}: report the model to us with this line") from err
+    decouple_broadcasts(graph)
+    return graph
 
 
-def _call(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor:
-    """The forward pass Torch-Pruning traces: the model on the one input tensor, as is."""
-    return model(example_input)
+class _ForwardFailed(Exception):
+    """The model itself raised while being traced."""
+
+
+def _traced_call(model: nn.Module, example_input: torch.Tensor):
+    """:func:`_call`, with the model's own errors told apart from Torch-Pruning's."""
+    try:
+        return _call(model, example_input)
+    except Exception as err:
+        raise _ForwardFailed from err
+
+
+def _call(model: nn.Module, example_input: torch.Tensor):
+    """Every output of ``model`` on the one input tensor, as Torch-Pruning traces it.
+
+    A model with an ``all_outputs`` method (see :func:`load_user_model`) is called through it,
+    so outputs its forward drops, such as deep-supervision heads, stay consistent when pruned.
+    """
+    return getattr(model, "all_outputs", model)(example_input)
 
 
 def _backpropagate(model: nn.Module, calibration) -> None:
@@ -187,6 +276,19 @@ def _reinitialise(model: nn.Module) -> None:
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):
                 reset()
+
+
+@contextlib.contextmanager
+def _out_of_place(model: nn.Module):
+    """Run the block with every module's ``inplace`` flag off, then restore each flag."""
+    flags = [(module, module.inplace) for module in model.modules() if isinstance(getattr(module, "inplace", None), bool)]
+    for module, _ in flags:
+        module.inplace = False
+    try:
+        yield model
+    finally:
+        for module, inplace in flags:
+            module.inplace = inplace
 
 
 @contextlib.contextmanager

@@ -21,11 +21,29 @@ def load_user_model(spec: str, state_dict_path: str | None = None) -> nn.Module:
     state dict is read with ``torch.load(weights_only=True)``: nothing is unpickled. Every
     failure (no such file or class, construction error, mismatched weights) raises
     :class:`UserError`.
+
+    The model is an instance of :func:`first_output` of the class: same modules, names and
+    state dict, but a forward that returns a list or tuple (deep supervision, nnU-Net's
+    full-resolution output first) gives only its first item; ``all_outputs`` gives them all.
     """
-    model = _construct(_find_class(spec), spec)
+    model = _construct(first_output(_find_class(spec)), spec)
     if state_dict_path is not None:
         _load_state_dict(model, state_dict_path, spec)
     return model
+
+
+def first_output(cls: type[nn.Module]) -> type[nn.Module]:
+    """A subclass of ``cls`` whose forward returns only the first output of a list or tuple.
+
+    The rest of autosculpt (training, Dice, latency, export) sees one logits tensor; pruning
+    traces ``all_outputs`` (the class's own forward), so every head keeps consistent channels.
+    """
+
+    def forward(self, *args, **kwargs):
+        out = cls.forward(self, *args, **kwargs)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    return type(cls.__name__, (cls,), {"forward": forward, "all_outputs": cls.forward, "__module__": cls.__module__})
 
 
 def _find_class(spec: str) -> type[nn.Module]:
