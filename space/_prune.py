@@ -173,30 +173,31 @@ def _named_groups(graph: tp.DependencyGraph) -> Iterator[tuple[str, nn.Module, o
 
 
 def _check_prunable(model: nn.Module, groups: Sequence[LayerGroup], steps: dict[str, int], example_input) -> None:
-    """Raise :class:`UserError` unless ``model`` still runs with fewer channels in every group.
+    """Raise :class:`UserError` unless ``model`` still works with fewer channels in every group.
 
-    Each group loses one channel, or its ``steps`` (GroupNorm's group count). On failure, the
+    Each group loses one channel, or its ``steps`` (GroupNorm's group count); the pruned copy
+    must run, keep its output shapes and have exactly the planned channels. On failure, the
     groups are tried one at a time to name the first that breaks the model.
     """
-    fewer = {g.name: g.channels - steps[g.name] for g in groups if g.channels > steps[g.name]}
-    recipe = Recipe(keep={g.name: fewer[g.name] / g.channels for g in groups if g.name in fewer})
+    channels = {g.name: g.channels for g in groups}
+    fewer = {name: n - steps[name] for name, n in channels.items() if n > steps[name]}
     with _eval_mode(model), torch.no_grad():
         expected = _call(model, example_input)
-    together = _breaks(model, recipe, example_input, expected)
+    together = _breaks(model, fewer, channels, example_input, expected)
     if together is None:
         return
-    for name, ratio in recipe.keep.items():
-        error = _breaks(model, Recipe(keep={name: ratio}), example_input, expected)
+    for name, keep in fewer.items():
+        error = _breaks(model, {name: keep}, channels, example_input, expected)
         if error is not None:
             message = f"pruning layer group {name} breaks the model ({error})"
             raise UserError(f"{message}: add {name!r} to the search space's ignore list to keep it whole")
     raise UserError(f"pruning all layer groups together breaks the model ({together}): report the model to us")
 
 
-def _breaks(model: nn.Module, recipe: Recipe, example_input: torch.Tensor, expected) -> str | None:
-    """Why ``model`` pruned by ``recipe`` fails or changes its output shapes; None if it does not."""
+def _breaks(model: nn.Module, keep: dict[str, int], channels: dict[str, int], example_input, expected) -> str | None:
+    """What goes wrong when ``model``'s groups keep ``keep`` channels; None if nothing does."""
     try:
-        net = apply_recipe(model, recipe, example_input)
+        net = apply_recipe(model, Recipe(keep={name: n / channels[name] for name, n in keep.items()}), example_input)
         with torch.no_grad():
             got = _call(net, example_input)
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
@@ -204,7 +205,17 @@ def _breaks(model: nn.Module, recipe: Recipe, example_input: torch.Tensor, expec
     shapes = [tuple(t.shape) for t in tp.utils.flatten_as_list(got)]
     if shapes != [tuple(t.shape) for t in tp.utils.flatten_as_list(expected)]:
         return f"its outputs became {shapes}"
+    for name, n in keep.items():
+        if _width(net.get_submodule(name)) != n:
+            return f"{name} kept {_width(net.get_submodule(name))} channels instead of {n}"
     return None
+
+
+def _width(layer: nn.Module) -> int:
+    """Output channels of a convolution, transposed convolution or linear layer, read from its weight."""
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        return layer.weight.shape[1] * layer.groups
+    return layer.weight.shape[0]
 
 
 def _graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
@@ -254,7 +265,11 @@ def _call(model: nn.Module, example_input: torch.Tensor):
 
 
 def _backpropagate(model: nn.Module, calibration) -> None:
-    """Leave the calibration loss's gradients in ``model`` for Taylor importance."""
+    """Leave the calibration loss's gradients in ``model`` for Taylor importance.
+
+    The loss is on the model's output; parameters it does not reach (the heads of outputs
+    the forward drops) get zero gradients.
+    """
     if calibration is None:
         raise UserError("importance 'taylor' needs a calibration batch (images, masks): pass one or use 'l1'")
     images, masks = calibration
@@ -266,6 +281,9 @@ def _backpropagate(model: nn.Module, calibration) -> None:
         else:
             loss = F.cross_entropy(logits, masks)
         loss.backward()
+    for parameter in model.parameters():
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
 
 
 def _reinitialise(model: nn.Module) -> None:

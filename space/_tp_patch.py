@@ -96,14 +96,11 @@ def decouple_broadcasts(graph: tp.DependencyGraph) -> None:
             source.dependencies = [dep for dep in source.dependencies if dep.target is not node]
 
 
-def install() -> None:
-    """Patch ``update_concat_index_mapping`` once; refuse an unexpected Torch-Pruning.
+def check_pinned() -> None:
+    """Raise ImportError unless torch-pruning is :data:`PINNED_VERSION` with the sources the repairs rely on.
 
-    Raises ImportError when the installed torch-pruning is not :data:`PINNED_VERSION` or the
-    source of a function the repairs rely on differs from the pinned one.
+    The version is the installed distribution's: the 1.6.1 wheel's ``torch_pruning.__version__`` says 1.6.0.
     """
-    if hasattr(index_mapping.update_concat_index_mapping, "original"):
-        return
     version = importlib.metadata.version("torch-pruning")
     if version != PINNED_VERSION:
         pin = f"torch-pruning=={PINNED_VERSION}"
@@ -112,6 +109,13 @@ def install() -> None:
         if hashlib.sha256(inspect.getsource(function).encode()).hexdigest() != digest:
             message = f"torch_pruning's {function.__qualname__} differs from version {PINNED_VERSION}'s"
             raise ImportError(f"{message}: reinstall torch-pruning=={PINNED_VERSION}")
+
+
+def install() -> None:
+    """After :func:`check_pinned`, patch ``update_concat_index_mapping``; a second call does nothing."""
+    if hasattr(index_mapping.update_concat_index_mapping, "original"):
+        return
+    check_pinned()
     original = index_mapping.update_concat_index_mapping
 
     def update_concat_index_mapping(graph, cat_node):

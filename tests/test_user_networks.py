@@ -1,0 +1,305 @@
+"""The networks clinical researchers bring: MONAI's and nnU-Net's, pruned for real.
+
+Each network is pruned by a per-layer recipe and must keep its output shape, compute what
+the original computes with the removed channels zeroed, have the channels and parameters
+the plan predicts, rebuild from its state dict and run the same in ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+
+import numpy as np
+import pytest
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning.dependency import index_mapping
+
+from autosculpt.search.errors import UserError
+from autosculpt.search.onnx_io import to_onnx
+from autosculpt.space import (
+    Recipe,
+    apply_recipe,
+    channel_plan,
+    count_parameters,
+    figures,
+    layer_groups,
+    load_user_model,
+    rebuild,
+)
+from autosculpt.space import _tp_patch
+from autosculpt.space._prune import _graph, _named_groups, prune_in_place
+from autosculpt.space._usermodel import first_output
+
+CLASSES = 4
+LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+def basic_unet(scale: float) -> nn.Module:
+    nets = pytest.importorskip("monai.networks.nets")
+    features = tuple(int(f * scale) for f in (32, 32, 64, 128, 256, 32))
+    return nets.BasicUNet(spatial_dims=2, in_channels=1, out_channels=CLASSES, features=features)
+
+
+def monai_unet(scale: float, res_units: int = 0) -> nn.Module:
+    nets = pytest.importorskip("monai.networks.nets")
+    channels = tuple(int(c * scale) for c in (8, 16, 32, 64))
+    return nets.UNet(2, 1, CLASSES, channels=channels, strides=(2, 2, 2), num_res_units=res_units)
+
+
+def attention_unet(scale: float) -> nn.Module:
+    nets = pytest.importorskip("monai.networks.nets")
+    return nets.AttentionUnet(2, 1, CLASSES, channels=tuple(int(c * scale) for c in (8, 16, 32, 64)), strides=(2, 2, 2))
+
+
+def segresnet(scale: float) -> nn.Module:
+    nets = pytest.importorskip("monai.networks.nets")
+    return nets.SegResNet(2, init_filters=int(16 * scale), in_channels=1, out_channels=CLASSES)
+
+
+def plain_conv_unet(scale: float, deep_supervision: bool = False) -> nn.Module:
+    """nnU-Net's 2D network as nnU-Net configures it (InstanceNorm affine, LeakyReLU in place), 5 stages."""
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    return first_output(unet.PlainConvUNet)(
+        1, 5, tuple(int(f * scale) for f in (8, 16, 32, 64, 64)), nn.Conv2d, 3, (1, 2, 2, 2, 2), (2,) * 5,
+        CLASSES, (2,) * 4, True, nn.InstanceNorm2d, {"eps": 1e-5, "affine": True}, None, None,
+        nn.LeakyReLU, {"inplace": True}, deep_supervision=deep_supervision,
+    )
+
+
+# name: (network at a width scale, channel rounding its norms need)
+NETWORKS = {
+    "monai-basicunet": (basic_unet, 1),
+    "monai-unet": (monai_unet, 1),
+    "monai-unet-res": (lambda scale: monai_unet(scale, res_units=2), 1),
+    "monai-attentionunet": (attention_unet, 1),
+    "monai-segresnet": (segresnet, 8),  # GroupNorm of 8 groups
+    "nnunet-plainconvunet": (plain_conv_unet, 1),
+    "nnunet-deep-supervision": (lambda scale: plain_conv_unet(scale, deep_supervision=True), 1),
+}
+
+
+def randomise_norms(model: nn.Module) -> nn.Module:
+    """Give every norm layer distinct affine terms (and BatchNorm statistics), as training would."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)) and module.weight is not None:
+            n = module.weight.numel()
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return model
+
+
+def outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every output of the model: all deep-supervision heads, not only the first."""
+    with torch.no_grad():
+        return tp.utils.flatten_as_list(getattr(model, "all_outputs", model)(x))
+
+
+def used_parameters(model: nn.Module, x: torch.Tensor) -> int:
+    """Parameters of the layers the forward pass calls (nnU-Net keeps unused heads without deep supervision)."""
+    called = []
+    hooks = [m.register_forward_hook(lambda m, *_: called.append(m)) for m in model.modules()]
+    outputs(model, x)
+    for hook in hooks:
+        hook.remove()
+    return sum(p.numel() for m in set(called) for p in m.parameters(recurse=False))
+
+
+def masked_copy(model: nn.Module, kept: dict[str, list[int]], x: torch.Tensor) -> nn.Module:
+    """The original with every removed channel zeroed where a layer reads it.
+
+    Torch-Pruning's own groups say which input channels of which layers each removed channel
+    becomes (through concatenations, residual additions and norms); a forward pre-hook zeroes
+    them. This generalises tests/test_prune.py's masked_copy beyond our U-Net.
+    """
+    masked = copy.deepcopy(model)
+    graph = _graph(masked, x)
+    zeroed: dict[nn.Module, set[int]] = {}
+    for name, root, group in _named_groups(graph):
+        removed = sorted(set(range(graph.get_out_channels(root))) - set(kept.get(name, range(10**6))))
+        if not removed:
+            continue
+        for dep, idxs in graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, removed):
+            if graph.is_in_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, LAYERS):
+                zeroed.setdefault(dep.target.module, set()).update(int(i) for i in idxs)
+    for layer, channels in zeroed.items():
+        index = sorted(channels)
+        layer.register_forward_pre_hook(lambda _, args, index=index: (args[0].index_fill(1, torch.tensor(index), 0),))
+    return masked
+
+
+def varied_recipe(groups, round_to: int) -> Recipe:
+    ratios = (0.3, 0.5, 0.75, 1.0, 0.2)
+    return Recipe(keep={g.name: ratios[i % len(ratios)] for i, g in enumerate(groups)}, round_to=round_to)
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    return torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module", params=list(NETWORKS))
+def network(request, x):
+    """(name, network, its layer groups, channel rounding), the network in eval mode."""
+    build, round_to = NETWORKS[request.param]
+    torch.manual_seed(0)
+    net = randomise_norms(build(1.0)).eval()
+    return request.param, net, layer_groups(net, x), round_to
+
+
+def test_groups_are_named_by_unique_readable_module_paths(network):
+    name, net, groups, _ = network
+    names = [g.name for g in groups]
+    assert len(names) == len(set(names)) > 4
+    assert all(isinstance(net.get_submodule(n), LAYERS) for n in names)  # a real layer's path, no op ids
+    assert all(g.stage == g.name.split(".")[0] for g in groups)
+    if name.startswith("nnunet"):
+        assert names[:2] == ["encoder.stages.0.0.convs.0.conv", "encoder.stages.0.0.convs.1.conv"]
+        assert "decoder.transpconvs.0" in names and not any(n.startswith("decoder.seg_layers") for n in names)
+
+
+def test_pruned_network_computes_the_original_with_removed_channels_zeroed(network, x):
+    name, net, groups, round_to = network
+    if name == "monai-segresnet":
+        pytest.skip("GroupNorm mixes a group's channels: removing one changes its neighbours' statistics")
+    pruned = copy.deepcopy(net)
+    kept = prune_in_place(pruned, varied_recipe(groups, round_to), x)
+    expected = outputs(masked_copy(net, kept, x), x)
+    got = outputs(pruned.eval(), x)
+    assert [t.shape for t in got] == [t.shape for t in outputs(net, x)]
+    assert max((a - b).abs().max().item() for a, b in zip(got, expected)) < 1e-5
+    assert (outputs(net, x)[0] - expected[0]).abs().max() > 1e-3  # the mask did change the original
+
+
+def test_channels_and_parameters_follow_the_plan(network, x):
+    name, net, groups, round_to = network
+    recipe = varied_recipe(groups, round_to)
+    pruned = apply_recipe(net, recipe, x)
+    got = figures(pruned, x, groups)
+    assert got.channels == channel_plan(groups, recipe)
+    assert got.params == count_parameters(pruned) < count_parameters(net)
+    half = apply_recipe(net, Recipe.uniform(0.5, round_to=round_to), x)
+    assert used_parameters(half, x) == used_parameters(NETWORKS[name][0](0.5), x)  # the network built half as wide
+    assert pruned(x).shape == half(x).shape == net(x).shape
+
+
+def test_rebuilt_network_runs_the_same_in_onnx_runtime(network, x, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    _, net, groups, round_to = network
+    recipe = varied_recipe(groups, round_to)
+    pruned = apply_recipe(net, recipe, x)
+    torch.save(pruned.state_dict(), tmp_path / "weights.pt")
+    rebuilt = rebuild(net, recipe, x, torch.load(tmp_path / "weights.pt", weights_only=True))
+    with torch.no_grad():
+        expected = rebuilt(x[:1]).numpy()
+        assert np.array_equal(expected, pruned(x[:1]).numpy())
+    session = ort.InferenceSession(to_onnx(rebuilt, (1, 1, 32, 32)), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
+
+
+NNUNET_FILE = """
+from torch import nn
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+class DeepNet(PlainConvUNet):
+    def __init__(self):
+        super().__init__(1, 4, (8, 16, 32, 32), nn.Conv2d, 3, (1, 2, 2, 2), 2, 3, 2, True, nn.InstanceNorm2d,
+                         {"affine": True}, None, None, nn.LeakyReLU, {"inplace": True}, deep_supervision=True)
+"""
+
+
+def test_deep_supervision_shows_the_full_resolution_output_and_prunes_every_head(tmp_path, x):
+    pytest.importorskip("dynamic_network_architectures")
+    (tmp_path / "nets.py").write_text(NNUNET_FILE)
+    state = load_user_model(f"{tmp_path}/nets.py:DeepNet").state_dict()
+    assert all(key.startswith(("encoder.", "decoder.")) for key in state)  # the class's own names, no wrapper
+    torch.save(state, tmp_path / "w.pt")
+    model = load_user_model(f"{tmp_path}/nets.py:DeepNet", str(tmp_path / "w.pt")).eval()
+    heads = outputs(model, x)
+    assert [tuple(h.shape) for h in heads] == [(2, 3, 32, 32), (2, 3, 16, 16), (2, 3, 8, 8)]
+    assert torch.equal(model(x), heads[0])  # what training, Dice, latency and export see
+    groups = layer_groups(model, x)
+    pruned = apply_recipe(model, Recipe.uniform(0.5), x)
+    assert [h.shape for h in outputs(pruned, x)] == [h.shape for h in heads]
+    assert [pruned.get_submodule(f"decoder.seg_layers.{i}").in_channels for i in range(3)] == [16, 8, 4]
+    assert figures(pruned, x, groups).channels == channel_plan(groups, Recipe.uniform(0.5))
+
+
+class ConcatsItsInput(nn.Module):
+    """Joins the input image to its features along channels: no layer produced that tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(1, 8, 3, padding=1)
+        self.head = nn.Conv2d(9, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.body(x), x], dim=1))
+
+
+class FoldsChannels(nn.Module):
+    """Sums the two halves of its channels through a reshape, which Torch-Pruning cannot follow."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(1, 8, 3, padding=1)
+        self.mix = nn.Conv2d(4, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.body(x)
+        n, c, h, w = y.shape
+        return self.head(self.mix(y.reshape(n, 2, c // 2, h, w).sum(1)))
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (ConcatsItsInput, r"^cannot prune: torch\.cat at test_user_networks\.py:\d+ .*: concatenate only layer outputs"),
+        (FoldsChannels, r"^pruning layer group body breaks the model \(.*\): add 'body' to the search space's ignore"),
+    ],
+)
+def test_a_model_that_cannot_be_pruned_is_refused_in_one_line(model, message, x):
+    with pytest.raises(UserError, match=message) as info:
+        layer_groups(model().eval(), x)
+    assert "\n" not in str(info.value)
+
+
+def test_groupnorm_channels_must_stay_a_multiple_of_its_groups(x):
+    net = segresnet(1.0).eval()
+    with pytest.raises(UserError, match="GroupNorm of 8 groups.*round_to to a multiple of 8"):
+        apply_recipe(net, Recipe.uniform(0.25, round_to=4), x)  # 16 channels -> 4
+
+
+def test_the_patch_repairs_concat_channel_inference_of_the_pinned_version():
+    class PReLUSkip(nn.Module):  # MONAI's UNet in miniature: a one-slope PReLU before a concat
+        def __init__(self):
+            super().__init__()
+            self.down, self.act, self.head = nn.Conv2d(1, 8, 3, padding=1), nn.PReLU(), nn.Conv2d(16, 2, 1)
+
+        def forward(self, x):
+            y = self.act(self.down(x))
+            return self.head(torch.cat([y, y * 2], dim=1))
+
+    net, x = PReLUSkip().eval(), torch.randn(1, 1, 16, 16)
+    with pytest.raises(TypeError, match="NoneType"):  # Torch-Pruning 1.6.1 alone (VainF/Torch-Pruning#387)
+        tp.DependencyGraph().build_dependency(net, x)
+    assert [g.name for g in layer_groups(net, x)] == ["down"]
+    assert apply_recipe(net, Recipe.uniform(0.5), x).head.in_channels == 8
+
+
+def test_another_torch_pruning_is_refused(monkeypatch):
+    _tp_patch.check_pinned()
+    monkeypatch.setitem(_tp_patch._SOURCE_DIGESTS, index_mapping.update_index_mapping, "0" * 64)
+    with pytest.raises(ImportError, match="update_index_mapping differs.*reinstall torch-pruning==1.6.1"):
+        _tp_patch.check_pinned()
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.7.0")
+    with pytest.raises(ImportError, match="needs torch-pruning==1.6.1, found 1.7.0"):
+        _tp_patch.check_pinned()
