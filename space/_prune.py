@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from ..search.errors import UserError
 from ._errors import brief
 from ._recipe import LayerGroup, Recipe, channel_plan, without_ignored
-from ._tp_patch import UntracedConcatInput, decouple_broadcasts, recording_concats
+from ._tp_patch import UntracedConcatInput, decouple_broadcasts, recording_shapes
 
 _ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
 _L1 = tp.importance.GroupMagnitudeImportance(p=1, normalizer=None)
@@ -45,10 +45,10 @@ def layer_groups(model: nn.Module, example_input: torch.Tensor, ignore: Sequence
     are left out. ``model`` is traced with ``example_input``; its weights, BatchNorm
     statistics and train/eval modes are left as they were.
 
-    Each listed group is then tried: a copy of the model loses one channel of every group
-    and must still run and give the same output shape. A model that cannot be traced or
-    pruned raises :class:`UserError` naming the layer or operation at fault, so the failure
-    comes before any training.
+    The groups are then tried on a copy of the model that loses one channel in each (or as
+    many as its GroupNorm has groups): it must run, keep its output shapes and have exactly
+    those channels. A model that cannot be traced or pruned raises :class:`UserError` naming
+    the layer or operation at fault, so the failure comes before any fine-tuning.
     """
     graph = _graph(model, example_input)
     groups = without_ignored(_list_groups(graph), ignore)
@@ -205,10 +205,9 @@ def _breaks(model: nn.Module, keep: dict[str, int], channels: dict[str, int], ex
     shapes = [tuple(t.shape) for t in tp.utils.flatten_as_list(got)]
     if shapes != [tuple(t.shape) for t in tp.utils.flatten_as_list(expected)]:
         return f"its outputs became {shapes}"
-    for name, n in keep.items():
-        if _width(net.get_submodule(name)) != n:
-            return f"{name} kept {_width(net.get_submodule(name))} channels instead of {n}"
-    return None
+    widths = {name: _width(net.get_submodule(name)) for name in keep}
+    wrong = [f"{name} kept {widths[name]} channels instead of {n}" for name, n in keep.items() if widths[name] != n]
+    return wrong[0] if wrong else None
 
 
 def _width(layer: nn.Module) -> int:
@@ -225,7 +224,7 @@ def _graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     output would hide that norm from the trace), and concatenations and broadcasts record
     what :mod:`._tp_patch` needs to repair the graph.
     """
-    with _eval_mode(model), _out_of_place(model), recording_concats(), torch.enable_grad():
+    with _eval_mode(model), _out_of_place(model), recording_shapes(), torch.enable_grad():
         try:
             graph = tp.DependencyGraph().build_dependency(model, example_input, forward_fn=_traced_call, verbose=False)
         except _ForwardFailed as failure:

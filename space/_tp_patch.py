@@ -16,7 +16,7 @@
    prune the gate's single channel along with ``x``'s. Repair: :func:`decouple_broadcasts`
    cuts the dependencies between such an operation and its inputs broadcast along channels.
 
-While :func:`recording_concats` is active, each such operation notes what it saw in its
+While :func:`recording_shapes` is active, each such operation notes what it saw in its
 autograd node (``grad_fn.metadata``); graphs traced without it are left to Torch-Pruning
 alone. :func:`install` runs on import and refuses any Torch-Pruning but the pinned one, or
 one whose functions the repairs rely on changed.
@@ -81,7 +81,7 @@ class _Recorder(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def recording_concats():
+def recording_shapes():
     """Within the block, concatenations and broadcasts record what the repairs need."""
     with _Recorder():
         yield
