@@ -4,7 +4,7 @@ Run ``autosculpt agent`` on the target machine; a search elsewhere measures ther
 ``Target(url="http://HOST:PORT")``. The protocol is plain HTTP with a bearer token:
 
 - ``GET /info`` answers the machine's CPU model, core count and runtime versions.
-- ``POST /measure?shape=1,1,96,96&threads=1&batch=1&min_runs=30&max_seconds=1&warmup=5``
+- ``POST /measure?shape=1,1,96,96&threads=1&batch=1&min_runs=60&max_seconds=3&warmup=5&min_seconds=1&rounds=10``
   with an ONNX file as the body answers :class:`~autosculpt.search.latency.LatencyStats`
   as JSON.
 
@@ -157,9 +157,11 @@ def _parse_query(query: str) -> tuple[tuple[int, ...], Target]:
         raise ValueError(f"threads must be between 1 and {os.cpu_count()} on this machine")
     target = Target(
         threads=threads, batch=int(params.get("batch", shape[0])),
-        min_runs=min(int(params.get("min_runs", 30)), MAX_RUNS),
-        max_seconds=min(float(params.get("max_seconds", 1.0)), MAX_SECONDS),
-        warmup=min(int(params.get("warmup", 5)), MAX_WARMUP),
+        min_runs=min(int(params.get("min_runs", Target.min_runs)), MAX_RUNS),
+        max_seconds=min(float(params.get("max_seconds", Target.max_seconds)), MAX_SECONDS),
+        warmup=min(int(params.get("warmup", Target.warmup)), MAX_WARMUP),
+        min_seconds=min(float(params.get("min_seconds", Target.min_seconds)), MAX_SECONDS),
+        rounds=min(int(params.get("rounds", Target.rounds)), MAX_RUNS),
     )
     return shape, target
 
