@@ -14,11 +14,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import UserError
-from .latency import TargetUnavailable
+from .latency import MeasurementError, TargetUnavailable
 from .progress import LiveView
 from .settings import Settings
 from .storage import HEARTBEAT_SECONDS, STORAGE_PATIENCE_SECONDS, exception_chain, failure_reason, is_storage_failure, masked
-from .study import COUNTED, Context, SurplusTrial, TrialRunner
+from .study import COUNTED, Context, SurplusTrial, TrialRunner, make_pruner
 
 # A worker whose trials fail this many times in a row stops: something is broken
 # (target agent down, disk full) and looping would only fill the study with failures.
@@ -92,13 +92,14 @@ def _optimize(study: optuna.Study, context: Context, storage_url: str, sampler: 
     if _done(study, settings) or (left is not None and left <= 0):
         return False
     study.sampler = sampler
+    study.pruner = make_pruner(settings)
     stopper = StopWhenDone(settings)
     with LiveView(study, settings.budget_ms, settings.trials, quiet=quiet) as view:
         runner = TrialRunner(context, study, storage_url, on_phase=view.phase)
         study.optimize(
             runner,
             timeout=left,
-            catch=(TargetUnavailable, SurplusTrial),
+            catch=(TargetUnavailable, MeasurementError, SurplusTrial),
             callbacks=[view.trial_finished, *callbacks, stopper],
             gc_after_trial=True,
         )

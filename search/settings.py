@@ -17,10 +17,16 @@ class Settings:
 
     ``trials`` and ``timeout_s`` bound the whole study (all workers together);
     ``seed`` fixes the data and baseline; each worker's sampler seed is derived from it
-    and the worker's index so workers never repeat each other's startup trials.
+    and the worker's index so workers never repeat each other's startup trials. The
+    budget is ``budget_ms`` or the baseline's latency over ``speedup``: a study stores
+    both once it is created (``budget_ms`` resolved by calibration). ``epochs`` is the
+    most a trial fine-tunes (the pruner stops most earlier); the winner is polished for
+    ``polish_epochs`` (default three times ``epochs``). The verdict fails a model that
+    loses more than ``max_dice_loss`` percent of the baseline's test Dice.
     """
 
-    budget_ms: float
+    budget_ms: float | None = None
+    speedup: float | None = None
     model: str = "unet"
     weights: str | None = None
     data: str | None = None
@@ -32,19 +38,27 @@ class Settings:
     seed: int = 0
     trials: int | None = 30
     timeout_s: float | None = None
-    epochs: int = 6
+    epochs: int = 12
+    polish_epochs: int | None = None
+    max_dice_loss: float = 5.0
     baseline_epochs: int | None = None
     distill: float = 0.0
     warm_start: int = 4
     preset: str = "default"
 
     def __post_init__(self) -> None:
-        if not self.budget_ms > 0:
+        if self.budget_ms is None and self.speedup is None:
+            raise UserError("no latency budget: pass --speedup X (e.g. 15) or --budget-ms MS (e.g. 20)")
+        if self.budget_ms is not None and not self.budget_ms > 0:
             raise UserError(f"budget {self.budget_ms} ms is not a positive number: pass e.g. --budget-ms 20")
+        if self.speedup is not None and not self.speedup >= 1:
+            raise UserError(f"--speedup {self.speedup} must be at least 1: e.g. --speedup 15 asks for 15x faster")
+        if not 0 <= self.max_dice_loss < 100:
+            raise UserError(f"--max-dice-loss {self.max_dice_loss} must be a percentage in [0, 100), e.g. 5")
         if self.trials is not None and self.trials < 1:
             raise UserError(f"--trials {self.trials} must be at least 1")
-        if self.epochs < 1:
-            raise UserError(f"--epochs {self.epochs} must be at least 1")
+        if self.epochs < 1 or (self.polish_epochs is not None and self.polish_epochs < 0):
+            raise UserError("--epochs must be at least 1 and --polish-epochs at least 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,6 +67,11 @@ class Settings:
     def from_dict(cls, data: dict) -> "Settings":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def polish(self) -> int:
+        """Epochs of the winner's polish."""
+        return 3 * self.epochs if self.polish_epochs is None else self.polish_epochs
 
     def conflicts(self, other: "Settings", names: set[str]) -> list[str]:
         """Names in ``names`` whose value differs between ``self`` and ``other``."""
@@ -69,6 +88,7 @@ PRESETS: dict[str, dict] = {
         "patients": 8,
         "trials": 3,
         "epochs": 3,
+        "polish_epochs": 3,
         "baseline_epochs": 40,
         "warm_start": 1,
     },
@@ -88,6 +108,6 @@ def with_preset(preset: str, given: dict) -> tuple[Settings, list[str]]:
     values.setdefault("space_spec", SearchSpace.load(values.get("space", "per-layer")).to_dict())
     values.setdefault("target", Target().to_dict())
     settings = Settings(**values)
-    defaulted = [f.name for f in fields(Settings) if f.name not in chosen and f.name not in ("preset", "space_spec")]
+    defaulted = [f.name for f in fields(Settings) if f.name not in chosen and f.name not in ("preset", "space_spec", "budget_ms", "speedup")]
     return settings, defaulted
 

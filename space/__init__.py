@@ -4,7 +4,7 @@
   (:func:`load_user_model`);
 - the search space (:class:`SearchSpace`, TOML presets ``per-layer``, ``per-stage``,
   ``uniform``) whose trials sample :class:`Recipe` objects, and the study's
-  :func:`warm_start` (uniform candidates and their capped twins of equal MACs);
+  :func:`warm_start` (the uniform and capped shapes every study tries first);
 - structural pruning over Torch-Pruning: :func:`layer_groups`, :func:`channel_plan`,
   :func:`apply_recipe`, :func:`rebuild`, and cheap size :func:`figures`.
 """
@@ -13,7 +13,7 @@ from ._figures import Figures, figures
 from ._prune import apply_recipe, layer_groups, rebuild
 from ._recipe import LayerGroup, Recipe, channel_plan
 from ._space import SearchSpace
-from ._warm import capped_twin, warm_start
+from ._warm import warm_start
 from ._usermodel import load_user_model
 from .unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, round_channels
 
@@ -26,7 +26,6 @@ __all__ = [
     "UNet",
     "UNetConfig",
     "apply_recipe",
-    "capped_twin",
     "channel_plan",
     "count_parameters",
     "figures",

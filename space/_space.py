@@ -43,7 +43,7 @@ class SearchSpace:
     keep_high: float = 1.0
     keep_step: float | None = 0.05
     keep_log: bool = False
-    width_choices: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    width_choices: tuple[float, ...] = (1.0,)
     round_to: int = 4
     min_channels: int = 1
     importance: str = "l1"
@@ -137,7 +137,7 @@ class SearchSpace:
         applied (``layer_groups(model, x, space.ignore)`` is what checks the names); the
         recipe carries ``ignore`` so that :func:`apply_recipe` leaves those layers whole.
         """
-        searched = self._searched(groups)
+        searched = self.searched(groups)
         method = _choose(trial, "method", self.methods)
         width = _choose(trial, "width", self.width_choices)
         low, high, step, log = self.keep_low, self.keep_high, self.keep_step, self.keep_log
@@ -167,7 +167,7 @@ class SearchSpace:
         """
         if count < 1:
             raise UserError(f"warm-start count {count} must be at least 1")
-        names = sorted({self._param(g) for g in self._searched(groups)})
+        names = sorted({self._param(g) for g in self.searched(groups)})
         largest = self.keep_high * max(self.width_choices)
         smallest = self.keep_low * min(self.width_choices)
         if around is not None:
@@ -191,7 +191,7 @@ class SearchSpace:
         if self.granularity == "uniform":
             raise UserError("a uniform space has one keep ratio for every layer: caps need per-layer or per-stage")
         widest: dict[str, int] = {}
-        for g in self._searched(groups):
+        for g in self.searched(groups):
             widest[self._param(g)] = max(widest.get(self._param(g), 0), g.channels)
         wanted = {name: min(1.0, cap / channels) for name, channels in widest.items()}
 
@@ -225,7 +225,7 @@ class SearchSpace:
         steps = min(round((keep - self.keep_low) / self.keep_step), _whole_steps(self))
         return round(self.keep_low + steps * self.keep_step, 12)
 
-    def _searched(self, groups: Sequence[LayerGroup]) -> list[LayerGroup]:
+    def searched(self, groups: Sequence[LayerGroup]) -> list[LayerGroup]:
         """``groups`` less the ignored ones (callers may have left them out already)."""
         searched = [g for g in groups if not is_ignored(g.name, self.ignore)]
         if not searched:

@@ -1,4 +1,4 @@
-"""The search space: presets, Optuna sampling, warm-start recipes and capped twins, TOML files and their errors."""
+"""The search space: presets, Optuna sampling, the warm start's shapes, TOML files and their errors."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from autosculpt.search.errors import UserError
 from autosculpt.space import (LayerGroup, Recipe, SearchSpace, UNet, apply_recipe, channel_plan, figures, layer_groups, preset_config,
                               warm_start)
 from autosculpt.space._space import PRESETS_DIR
+from autosculpt.space._warm import TRADE_OFF_FRACTIONS
 
 PRESETS = ("per-layer", "per-stage", "uniform")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -200,24 +201,24 @@ def test_capped_params_choose_the_width_that_clips_least(groups):
         SearchSpace.load("uniform").capped_params(8, groups)
 
 
-def test_warm_start_pairs_each_uniform_point_with_a_capped_twin_of_equal_macs(tiny, x, groups):
-    def macs(params):
-        return figures(apply_recipe(tiny, EXACT.sample(optuna.trial.FixedTrial(params), groups), x), x, groups).macs
-
-    points = warm_start(EXACT, tiny, x, groups, 2, around=0.3)
-    assert points[0::2] == EXACT.uniform_recipes(2, groups, around=0.3)
-    for uniform, twin in zip(points[0::2], points[1::2]):
-        channels = channel_plan(groups, EXACT.sample(optuna.trial.FixedTrial(twin), groups))
-        cap = max(channels.values())
-        assert all(c == min(g.channels, cap) for g, c in zip(groups, channels.values()))
-        miss = abs(macs(twin) - macs(uniform))
-        for neighbour in (cap - 1, cap + 1):  # no other cap comes closer
-            assert abs(macs(EXACT.capped_params(neighbour, groups)) - macs(uniform)) >= miss
-    assert warm_start(SearchSpace.load("uniform"), tiny, x, groups, 3) == SearchSpace.load("uniform").uniform_recipes(3, groups)
+def test_warm_start_lists_uniform_then_capped_shapes_then_the_trade_off(groups):
+    points = warm_start(EXACT, groups, 3)
+    assert [fraction for _, fraction in points] == [1.0, 1.0, 1.0, *TRADE_OFF_FRACTIONS]
+    plans = [channel_plan(groups, EXACT.sample(optuna.trial.FixedTrial(params), groups)) for params, _ in points]
+    assert plans[0] == {g.name: g.channels for g in groups}  # uniform: the shape of the dense model
+    narrowest = min(g.channels for g in groups)
+    for plan, cap in zip(plans[1:3], (narrowest, 2 * narrowest)):
+        assert plan == {g.name: min(g.channels, cap) for g in groups}
+    assert points[3][0] == points[4][0] == points[1][0]  # the flat capped shape at other budgets
 
 
-def test_warm_start_drops_points_that_build_the_same_network(tiny, x, groups):
-    coarse = dataclasses.replace(EXACT, round_to=8)  # tiny's 4..64 channels leave few distinct networks
-    points = warm_start(coarse, tiny, x, groups, 4, around=0.2)
-    plans = [tuple(channel_plan(groups, coarse.sample(optuna.trial.FixedTrial(p), groups)).values()) for p in points]
-    assert len(set(plans)) == len(plans) < 8
+def test_warm_start_of_a_uniform_space_has_one_shape(groups):
+    uniform = SearchSpace.load("uniform")
+    points = warm_start(uniform, groups, 4)
+    assert [p for p, _ in points] == uniform.uniform_recipes(1, groups) * (1 + len(TRADE_OFF_FRACTIONS))
+
+
+def test_warm_start_drops_caps_that_repeat_a_shape(groups):
+    points = warm_start(EXACT, groups, 12)  # caps beyond the widest group repeat the uniform shape
+    shapes = [json.dumps(p, sort_keys=True) for p, fraction in points if fraction == 1.0]
+    assert len(set(shapes)) == len(shapes) < 12

@@ -1,0 +1,211 @@
+"""Projecting a sampled shape onto the latency budget: the widest network of that shape within it.
+
+A trial samples a *shape*: how channels are shared among layer groups (a keep ratio per
+group, relative to the widest). The projection scales the whole shape by one width and
+looks for the widest network whose *measured* latency on the target is within the goal:
+a :class:`LatencyModel` of the target, fitted on the study's own measurements, proposes a
+width; real measurements decide. Nothing is ever returned over the goal. A channel plan
+is measured once per target and input shape: :class:`LatencyCache` keeps the figures in
+the study's user attributes, which every worker reads through the storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+import torch
+from torch import nn
+
+from ..space import LayerGroup
+from .latency import LatencyStats
+
+CACHE_PREFIX = "latency:"
+BAND = 0.8  # a projection is done once a network measures within 80-100 % of the goal
+AIM = 0.92  # the fraction of the goal the model aims at: inside the band, clear of the noise
+MAX_PROBES = 6  # measured widths per projection (cached plans cost nothing)
+PRIOR_EXPONENT = 0.8  # latency ~ cost ** 0.8 before the study has measured enough (bench/latency.py)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One measured width of a projection: its plan, the model's prediction and the figure."""
+
+    width: float
+    plan: dict[str, int]
+    cost: float
+    predicted_ms: float
+    stats: LatencyStats
+
+    def to_dict(self) -> dict:
+        return {"width": self.width, "cost": self.cost, "predicted_ms": self.predicted_ms,
+                "latency_ms": self.stats.median_ms, "measurements": self.stats.measurements}
+
+
+def chosen(probes: Sequence[Probe], goal_ms: float) -> Probe | None:
+    """The widest probe that measured within ``goal_ms``; None when every one was over."""
+    within = [p for p in probes if p.stats.median_ms <= goal_ms]
+    return max(within, key=lambda p: p.width, default=None)
+
+
+class CostModel:
+    """A cheap cost figure of a channel plan, from the baseline's multiply-accumulates.
+
+    Each layer group's root layer carries its share of the baseline's convolution MACs;
+    a plan keeping the fraction r of a group costs about share x r^2 there (its inputs
+    shrink with the previous group). 1.0 is the baseline.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, groups: Sequence[LayerGroup]):
+        macs = _layer_macs(model, example_input)
+        total = sum(macs.values()) or 1.0
+        self.channels = {g.name: g.channels for g in groups}
+        self.shares = {g.name: macs.get(g.name, 0.0) / total for g in groups}
+        self.rest = max(0.0, 1.0 - sum(self.shares.values()))
+
+    def __call__(self, plan: dict[str, int]) -> float:
+        ratios = {name: plan.get(name, channels) / channels for name, channels in self.channels.items()}
+        mean_ratio = sum(ratios.values()) / len(ratios)
+        return sum(share * ratios[name] ** 2 for name, share in self.shares.items()) + self.rest * mean_ratio
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """log(latency ms) = ``intercept`` + ``exponent`` x log(cost), fitted on measured plans."""
+
+    intercept: float
+    exponent: float
+
+    @classmethod
+    def fit(cls, points: Sequence[tuple[float, float]]) -> "LatencyModel":
+        """Least squares on (cost, latency ms) points; with too few or too alike costs, the
+        prior exponent through their mean. Needs at least one point."""
+        x = np.log([c for c, _ in points])
+        y = np.log([ms for _, ms in points])
+        exponent = PRIOR_EXPONENT
+        if len(points) >= 3 and np.ptp(x) > 0.5:
+            exponent = float(np.clip(np.polyfit(x, y, 1)[0], 0.3, 1.5))
+        return cls(float(np.mean(y - exponent * x)), exponent)
+
+    def predict(self, cost: float) -> float:
+        return math.exp(self.intercept + self.exponent * math.log(cost))
+
+    def through(self, cost: float, latency_ms: float) -> "LatencyModel":
+        """The same exponent through one measured point: the local model of one shape."""
+        return LatencyModel(math.log(latency_ms) - self.exponent * math.log(cost), self.exponent)
+
+
+class LatencyCache:
+    """Figures of measured channel plans, per target and input shape, in a study's user attributes.
+
+    A key hashes the target (without its URL's credentials: none are stored), the input
+    shape, the reference's calibrated latency and the plan; each entry is its own
+    attribute, so concurrent workers never overwrite each other's entries.
+    """
+
+    def __init__(self, study: optuna.Study, target: dict, input_shape: Sequence[int], reference_ms: float | None):
+        self.study = study
+        self.context = {"target": target, "shape": list(input_shape), "reference_ms": reference_ms}
+
+    def key(self, plan: dict[str, int]) -> str:
+        text = json.dumps({**self.context, "plan": plan}, sort_keys=True)
+        return CACHE_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def get(self, plan: dict[str, int]) -> LatencyStats | None:
+        entry = self.study.user_attrs.get(self.key(plan))
+        return None if entry is None else LatencyStats.from_dict(entry["stats"])
+
+    def put(self, plan: dict[str, int], cost: float, stats: LatencyStats) -> None:
+        self.study.set_user_attr(self.key(plan), {"cost": cost, "stats": stats.to_dict()})
+
+    def points(self) -> list[tuple[float, float]]:
+        """(cost, latency ms) of every plan measured in this study."""
+        return [(entry["cost"], entry["stats"]["median_ms"]) for key, entry in self.study.user_attrs.items()
+                if key.startswith(CACHE_PREFIX)]
+
+
+def project(plan_of: Callable[[float], dict[str, int]], cost_of: Callable[[dict[str, int]], float],
+            measure: Callable[[float, dict[str, int]], LatencyStats], model: LatencyModel, goal_ms: float,
+            max_probes: int = MAX_PROBES) -> list[Probe]:
+    """Measure widths of one shape until one lands within ``BAND``-100 % of ``goal_ms``.
+
+    ``plan_of(width)`` gives the channel plan at a width in (0, 1], ``cost_of(plan)`` its
+    cost figure and ``measure(width, plan)`` its latency. The model proposes each width,
+    shifted through the last measurement; widths over the goal bound the search from
+    above, widths within it from below. Stops after ``max_probes`` measurements or when
+    no untried plan lies between the bounds. Returns the probes in order; pick the
+    answer with :func:`chosen`.
+    """
+    probes: list[Probe] = []
+    low, high = 0.0, 1.0 + 1e-9  # the widest width within the goal, the narrowest over it
+    local = model
+    while len(probes) < max_probes:
+        width = _width_for(AIM * goal_ms, local, plan_of, cost_of, low, high, [p.plan for p in probes])
+        if width is None:
+            break
+        plan = plan_of(width)
+        cost = cost_of(plan)
+        stats = measure(width, plan)
+        probes.append(Probe(width, plan, cost, model.predict(cost), stats))
+        if stats.median_ms <= goal_ms:
+            low = width
+            if stats.median_ms >= BAND * goal_ms or width >= 1.0:
+                break
+        else:
+            high = width
+        local = model.through(cost, stats.median_ms)
+    return probes
+
+
+def _width_for(aim_ms: float, model: LatencyModel, plan_of, cost_of, low: float, high: float,
+               tried: list[dict]) -> float | None:
+    """The widest width in (low, high) whose plan the model predicts within ``aim_ms``, or the
+    middle of the bounds when that plan was tried already; None when neither is untried."""
+    top = min(high, 1.0)
+
+    def fits(width: float) -> bool:
+        return model.predict(cost_of(plan_of(width))) <= aim_ms
+
+    if fits(top):
+        width = top
+    else:
+        a, b = low, top  # fits(a) or a is the lower bound; never fits(b)
+        for _ in range(30):
+            middle = (a + b) / 2
+            a, b = (middle, b) if fits(middle) else (a, middle)
+        width = a if a > low else (low + top) / 2
+    for candidate in (width, (low + top) / 2):
+        if low < candidate < high and plan_of(candidate) not in tried:
+            return candidate
+    return None
+
+
+def _layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, float]:
+    """Multiply-accumulates of every convolution and linear layer for one input, by module name."""
+    macs: dict[str, float] = {}
+    handles = [module.register_forward_hook(lambda layer, inputs, output, name=name: macs.__setitem__(
+                   name, float(layer.weight.numel() * _positions(layer, inputs[0], output))))
+               for name, module in model.named_modules() if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return macs
+
+
+def _positions(layer: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> int:
+    """How many positions of one sample a layer's weight is applied at."""
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        return math.prod(inputs.shape[2:])
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return math.prod(output.shape[2:])
+    return output[0].numel() // output.shape[-1]
