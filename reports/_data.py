@@ -19,6 +19,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
+from ._search_info import SearchInfo, get_search_info
+
 # Trial phases whose seconds the search stores as ``time_<phase>_s`` user attributes.
 PHASES = ("measure", "finetune", "eval")
 HEATMAP_TRIALS = 10
@@ -27,7 +29,7 @@ _RUNTIMES = {"ort": "ONNX Runtime", "torch": "PyTorch"}
 # Importance targets, lower is better for Optuna's evaluator: Dice is negated.
 _OBJECTIVES: dict[str, Callable[[FrozenTrial], float]] = {
     "Dice": lambda t: -t.values[0],
-    "latency": lambda t: t.values[1],
+    "latency": lambda t: t.user_attrs["latency_ms"],
 }
 
 _STATES = {
@@ -166,6 +168,7 @@ class ReportData:
     settings: list[tuple[str, str]]
     environment: list[tuple[str, str]]
     commands: list[tuple[str, str]]
+    search: SearchInfo
 
 
 def get_report_data(study: optuna.Study, storage_url: str | None = None) -> ReportData:
@@ -197,6 +200,7 @@ def get_report_data(study: optuna.Study, storage_url: str | None = None) -> Repo
         settings=_flatten(settings),
         environment=_flatten(_as_dict(attrs.get("environment"))),
         commands=_get_commands(study.study_name, storage, rows, export),
+        search=get_search_info(study),
     )
 
 
@@ -204,7 +208,7 @@ def _get_trial_row(trial: FrozenTrial) -> TrialRow:
     attrs = trial.user_attrs
     complete = trial.state == TrialState.COMPLETE and trial.values is not None
     dice = trial.values[0] if complete else _last(attrs.get("dice_by_epoch"))
-    latency = trial.values[1] if complete else _float(attrs.get("latency_ms"))
+    latency = _float(attrs.get("latency_ms"))
     return TrialRow(
         number=trial.number,
         state=_STATES.get(trial.state, trial.state.name.lower()),

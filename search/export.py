@@ -1,8 +1,10 @@
 """Export a trial as a deployable model: ONNX, a torch.export program and a model card.
 
 The network is rebuilt from the cached baseline, the trial's recipe and its fine-tuned
-state dict (an Optuna artifact, loaded with ``weights_only=True``); nothing is unpickled.
-Export checks ONNX Runtime against PyTorch and re-measures latency on the target.
+(or polished) state dict (an Optuna artifact, loaded with ``weights_only=True``); nothing
+is unpickled. Export checks ONNX Runtime against PyTorch, re-measures latency on the
+target with the trials' harness (the study's reference, several pooled measurements,
+nothing else of this process running meanwhile) and judges the model (:mod:`.verdict`).
 """
 
 from __future__ import annotations
@@ -24,69 +26,99 @@ from ..reports import QualitativeSample
 from ..space import Recipe, figures, rebuild
 from .data import SegmentationData
 from .errors import UserError
-from .latency import Target, measure_onnx
+from .latency import measure_onnx, pooled
 from .onnx_io import to_onnx
+from .polish import POLISH_ATTR, polished_weights
 from .settings import Settings
 from .storage import artifact_store
-from .study import Context, environment, prepare
+from .study import Context, environment, prepare, study_reference
 from .train import dice_counts, predict, scores_from_counts
+from .verdict import Verdict, trade_off
 
 SAMPLE_COUNT = 4
+EXPORT_MEASUREMENTS = 3  # pooled for the verdict
 
 
 @dataclass
 class Exported:
-    """What an export wrote: the model card (as in model.json) and report samples."""
+    """What an export wrote: the model card (as in model.json), report samples and the verdict."""
 
     card: dict
     samples: list[QualitativeSample]
+    verdict: Verdict
 
 
-def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_url: str) -> Exported:
-    """Write ``model.onnx``, ``model.pt2`` and ``model.json`` for ``trial`` into ``folder``."""
+def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_url: str,
+                 budget_ms: float | None = None, context: Context | None = None) -> Exported:
+    """Write ``model.onnx``, ``model.pt2`` and ``model.json`` for ``trial`` into ``folder``.
+
+    The model is judged against ``budget_ms`` (default: the study's). ``context`` (the
+    study's, from :func:`prepare`) saves loading it again.
+    """
     if trial.state != TrialState.COMPLETE or "weights_artifact" not in trial.user_attrs:
         raise UserError(f"trial {trial.number} has no fine-tuned weights (state {trial.state.name}, "
                         f"feasible={trial.user_attrs.get('feasible')}): export a complete trial within budget")
     settings = Settings.from_dict(study.user_attrs["settings"])
-    context = prepare(replace(settings, distill=0.0))
-    net = trial_network(trial, context, storage_url)
+    context = context or prepare(replace(settings, distill=0.0))
+    net = trial_network(trial, context, storage_url, study)
     folder.mkdir(parents=True, exist_ok=True)
     onnx_bytes = to_onnx(net, tuple(context.example.shape))
     (folder / "model.onnx").write_bytes(onnx_bytes)
     torch.export.save(torch.export.export(net, (context.example,)), folder / "model.pt2")
     session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     max_diff = _max_difference(net, session, context.data.test.images[:8])
-    stats = measure_onnx(onnx_bytes, tuple(context.example.shape), Target.from_dict(settings.target))
+    stats = _remeasure(onnx_bytes, study, context)
     test_pred = _ort_predict(session, context.data.test.images)
     test = scores_from_counts(dice_counts(test_pred, context.data.test.masks, context.data.num_classes), context.data.class_names)
     figs = figures(net, context.example, context.groups)
+    budget = budget_ms or settings.budget_ms
+    verdict = Verdict(budget, stats.median_ms, stats.p90_ms, test.mean, context.baseline.test.mean, settings.max_dice_loss,
+                      trade_off(study, budget, context.baseline.val.mean, settings.max_dice_loss))
     card = {
         "study": study.study_name, "trial": trial.number, "input_shape": list(context.example.shape),
         "class_names": list(context.data.class_names), "dice": test.mean, "dice_per_class": test.per_class,
         "dice_split": "test", "val_dice": trial.values[0], "latency": stats.to_dict(),
+        "latency_clock": stats.clock, "trial_latency": trial.user_attrs.get("latency"),
+        "polish": _polish_record(study, trial), "verdict": verdict.to_dict(),
         "params": figs.params, "macs": figs.macs, **figs.ratios_against(context.baseline_figures),
         "channels": figs.channels, "baseline_channels": context.baseline_figures.channels,
         "baseline": {"params": context.baseline_figures.params, "macs": context.baseline_figures.macs,
                      "dice": context.baseline.test.mean, "dice_per_class": context.baseline.test.per_class},
         "recipe": trial.user_attrs["recipe"], "onnx_max_abs_diff": max_diff, "file_size": len(onnx_bytes),
         "sha256": hashlib.sha256(onnx_bytes).hexdigest(), "model": settings.model, "data": context.data.source,
-        "budget_ms": settings.budget_ms, "environment": environment(),
+        "budget_ms": budget, "speedup": settings.speedup, "environment": environment(),
     }
     (folder / "model.json").write_text(json.dumps(card, indent=2))
     study.set_user_attr("export", {"trial": trial.number, "dir": str(folder), "file_size": len(onnx_bytes),
-                                   "dice": test.mean, "dice_per_class": test.per_class, "latency": stats.to_dict()})
-    return Exported(card, _samples(context, net_pred=test_pred))
+                                   "dice": test.mean, "dice_per_class": test.per_class, "latency": stats.to_dict(),
+                                   "verdict": verdict.to_dict()})
+    return Exported(card, _samples(context, net_pred=test_pred), verdict)
 
 
-def trial_network(trial: FrozenTrial, context: Context, storage_url: str) -> torch.nn.Module:
-    """The trial's fine-tuned network from baseline + recipe + its stored state dict."""
+def trial_network(trial: FrozenTrial, context: Context, storage_url: str, study: optuna.Study | None = None) -> torch.nn.Module:
+    """The trial's network from baseline + recipe + its stored state dict: the polished one
+    when ``study`` kept a polish of this trial, else the trial's own fine-tuned weights."""
+    artifact_id = (study and polished_weights(study, trial)) or trial.user_attrs["weights_artifact"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "weights.pt"
         optuna.artifacts.download_artifact(artifact_store=artifact_store(storage_url),
-                                           artifact_id=trial.user_attrs["weights_artifact"], file_path=str(path))
+                                           artifact_id=artifact_id, file_path=str(path))
         state = torch.load(path, weights_only=True)
     recipe = Recipe.from_dict(trial.user_attrs["recipe"])
     return rebuild(context.baseline.model, recipe, context.example, state).eval()
+
+
+def _remeasure(onnx_bytes: bytes, study: optuna.Study, context: Context):
+    """The model's latency with the trials' harness: same target and reference, pooled."""
+    reference = study_reference(study, context)
+    shape = tuple(context.example.shape)
+    return pooled([measure_onnx(onnx_bytes, shape, context.target, reference) for _ in range(EXPORT_MEASUREMENTS)])
+
+
+def _polish_record(study: optuna.Study, trial: FrozenTrial) -> dict | None:
+    """The study's polish of this trial (Dice before and after), None if it was not polished."""
+    record = study.user_attrs.get(POLISH_ATTR)
+    return record if record and record.get("trial") == trial.number else None
 
 
 def _ort_predict(session: onnxruntime.InferenceSession, images: torch.Tensor) -> torch.Tensor:

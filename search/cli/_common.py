@@ -40,7 +40,11 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     Every default is None so the CLI can tell what the user gave from what fell back.
     """
     parser.add_argument("--budget-ms", type=float, metavar="MS", help="latency budget on the target CPU, in milliseconds")
-    parser.add_argument("--trials", type=int, metavar="N", help="trials in the study, all workers together (default 30)")
+    parser.add_argument("--speedup", type=float, metavar="X",
+                        help="or: budget = the dense model's latency on the target / X, measured in the same harness")
+    parser.add_argument("--max-dice-loss", type=float, metavar="PCT",
+                        help="the verdict fails a model losing more test Dice than this, in percent (default 5)")
+    parser.add_argument("--trials", type=int, metavar="N", help="trials in the study, all workers together (default 20)")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit of the study (default: none)")
     parser.add_argument("--model", metavar="PRESET|module:Class", help="unet (default), unet-paper, unet-small, unet-tiny, or your class")
     parser.add_argument("--weights", metavar="FILE", help="state dict of your model (loaded with weights_only=True)")
@@ -50,7 +54,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", metavar="URL", help="remote latency agent http://HOST:PORT (token in $AUTOSCULPT_AGENT_TOKEN)")
     parser.add_argument("--threads", type=int, metavar="N", help="threads on the target (default 1)")
     parser.add_argument("--runtime", choices=("ort", "torch"), help="deployed runtime to measure (default ort = ONNX Runtime)")
-    parser.add_argument("--epochs", type=int, metavar="N", help="fine-tuning epochs per trial (default 6)")
+    parser.add_argument("--epochs", type=int, metavar="N",
+                        help="most fine-tuning epochs of a trial; the pruner stops most after a quarter (default 12)")
+    parser.add_argument("--polish-epochs", type=int, metavar="N", help="epochs of the winner's polish (default 3 x --epochs; 0: none)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the data, baseline and samplers (default 0)")
     parser.add_argument("--distill", type=float, metavar="W", help="weight of distillation from the baseline while fine-tuning (default 0: off)")
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..runner import run_worker
 from ..storage import masked
-from ..study import Context, best_feasible, open_existing
+from ..study import Context, best_feasible, open_existing, prepare
 
 console = Console(stderr=True, highlight=False)
 
@@ -64,8 +66,16 @@ def _spawn_worker(name: str, url: str, index: int, threads: int | None) -> subpr
 
 
 def finish_study(name: str, url: str, out: str | None) -> int:
-    """Export the best feasible trial and write the report into ``out`` (default exports/NAME)."""
-    from ..export import export_trial, no_feasible_message
+    """Polish the best feasible trial, export it with its verdict and write the report into
+    ``out`` (default exports/NAME).
+
+    Returns the exit status: 0 when the model meets the budget and the allowed Dice loss,
+    EXIT_VERDICT_FAILED when it was written but misses either, 1 when nothing was within
+    budget. A study whose winner was polished already is not polished again.
+    """
+    from ..export import export_trial, no_feasible_message, trial_network
+    from ..polish import POLISH_ATTR
+    from ..verdict import EXIT_VERDICT_FAILED
     from ...reports import write_report
 
     study, settings = open_existing(name, url)
@@ -76,7 +86,31 @@ def finish_study(name: str, url: str, out: str | None) -> int:
         report = write_report(study, folder / "report.html")
         console.print(f"report: {report}")
         return 1
-    exported = export_trial(study, best, folder, url)
+    context = prepare(replace(settings, distill=0.0))
+    if settings.polish and (study.user_attrs.get(POLISH_ATTR) or {}).get("trial") != best.number:
+        _polish(study, best, trial_network(best, context, url), replace(context, settings=settings), url)
+    exported = export_trial(study, best, folder, url, context=context)
     report = write_report(study, folder / "report.html", samples=exported.samples)
     console.print(f"exported trial {best.number} to {folder} (storage {masked(url)}); report: {report}")
-    return 0
+    verdict = exported.verdict
+    console.print(verdict.line(), style=None if verdict.ok else "bold red", soft_wrap=True)
+    return 0 if verdict.ok else EXIT_VERDICT_FAILED
+
+
+def _polish(study, trial, net, context: Context, url: str) -> None:
+    """The winner's polish with a progress bar per variant."""
+    from ..polish import polish
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
+               TextColumn("val Dice {task.fields[dice]:.3f}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        tasks = {}
+
+        def on_epoch(variant: str, epoch: int, epochs: int, dice: float) -> None:
+            if variant not in tasks:
+                tasks[variant] = progress.add_task(f"polishing trial {trial.number} ({variant})", total=epochs, dice=0.0)
+            progress.update(tasks[variant], completed=epoch, dice=dice)
+
+        record = polish(study, trial, net, context, url, on_epoch=on_epoch)
+    console.print(f"polish: val Dice {record['dice_before']:.3f} -> {record['dice_after']:.3f} "
+                  f"(kept: {record['kept']}, {record['epochs']} epochs, {record['time_s']:.0f} s)")

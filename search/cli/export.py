@@ -8,6 +8,7 @@ from ..errors import UserError
 from ..export import export_trial, no_feasible_message
 from ..storage import storage_url
 from ..study import best_feasible, open_existing
+from ..verdict import EXIT_VERDICT_FAILED
 from ._common import add_command, add_storage_option
 
 EXAMPLES = [
@@ -18,12 +19,14 @@ EXAMPLES = [
 
 
 def register(subparsers) -> None:
-    parser = add_command(subparsers, "export", "Export a trial as model.onnx, model.pt2 and model.json (checked against PyTorch, latency re-measured).", EXAMPLES, run)
+    parser = add_command(subparsers, "export", "Export a trial as model.onnx, model.pt2 and model.json (checked against PyTorch, latency re-measured, judged).", EXAMPLES, run)
     parser.add_argument("name", metavar="NAME", help="study name (see: autosculpt studies)")
     add_storage_option(parser)
     parser.add_argument("--trial", type=int, metavar="N", help="trial number (default: best feasible)")
     parser.add_argument("--budget-ms", type=float, metavar="MS", help="pick the best trial within this budget instead of the study's")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.epilog += (f"\n\nexit status: 0 when the model meets the budget and the study's --max-dice-loss; "
+                      f"{EXIT_VERDICT_FAILED} when it was\nwritten but misses either (the last line says which); 1 on an error.")
 
 
 def run(args) -> int:
@@ -38,8 +41,10 @@ def run(args) -> int:
         trial = best_feasible(study, args.budget_ms)
         if trial is None:
             raise UserError(no_feasible_message(study, args.budget_ms or settings.budget_ms))
-    card = export_trial(study, trial, Path(args.out), url).card
+    exported = export_trial(study, trial, Path(args.out), url, budget_ms=args.budget_ms)
+    card = exported.card
     print(f"exported trial {trial.number} to {args.out}: test Dice {card['dice']:.3f}, "
           f"{card['latency']['median_ms']:.2f} ms median ({card['latency']['runtime']}, {card['latency']['threads']} thread), "
           f"{card['param_ratio']:.0f}x fewer parameters; ONNX vs PyTorch max difference {card['onnx_max_abs_diff']:.2e}")
-    return 0
+    print(exported.verdict.line())
+    return 0 if exported.verdict.ok else EXIT_VERDICT_FAILED

@@ -20,7 +20,7 @@ EXAMPLES = [
 ]
 
 # Settings a resumed study may change without --force: how long it runs.
-FREE_TO_CHANGE = {"trials", "timeout_s"}
+FREE_TO_CHANGE = {"trials", "timeout_s", "max_dice_loss", "polish_epochs"}
 
 
 def register(subparsers) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from rich.console import Console
@@ -12,10 +13,12 @@ from ..latency import Target, agent_info
 from ..settings import PRESETS, with_preset
 from ..storage import masked, open_storage, storage_url
 from ..study import create_study, prepare
+from ..verdict import EXIT_VERDICT_FAILED
 from ._common import add_command, add_search_options, add_storage_option
 from ._session import finish_study, run_workers
 
 EXAMPLES = [
+    "autosculpt search --speedup 15                # 15x faster than the dense model on this CPU",
     "autosculpt search --budget-ms 20",
     "autosculpt search --budget-ms 5 --model unet-paper --trials 100 --study paper-5ms",
     "autosculpt search --preset smoke --budget-ms 2",
@@ -32,11 +35,22 @@ def register(subparsers) -> None:
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS), help="bundle of defaults; smoke = tiny and fast")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes on this storage (default 1)")
     parser.add_argument("--out", metavar="DIR", help="where to export the best model and report (default exports/NAME)")
+    parser.epilog += VERDICT_HELP
+
+
+VERDICT_HELP = f"""
+
+exit status:
+  0  the exported model meets the budget (median latency, re-measured) and --max-dice-loss (test Dice)
+  1  an error, or no trial within the budget (nothing exported)
+  {EXIT_VERDICT_FAILED}  a model was exported but misses the budget or loses more Dice than allowed:
+     the last line says so and gives the trade-off the study found
+  130  interrupted (Ctrl-C); resume with autosculpt resume NAME"""
 
 
 def run(args) -> int:
-    if args.budget_ms is None:
-        raise UserError("--budget-ms is required: the latency budget on the target CPU, e.g. --budget-ms 20")
+    if (args.budget_ms is None) == (args.speedup is None):
+        raise UserError("give one budget: --speedup X (X times faster than the dense model) or --budget-ms MS")
     if args.workers < 1:
         raise UserError(f"--workers {args.workers} must be at least 1")
     console = Console(stderr=True, highlight=False)
@@ -47,10 +61,13 @@ def run(args) -> int:
     settings, defaulted = with_preset(args.preset, settings_given(args))
     if defaulted:
         console.print("defaults used: " + ", ".join(describe(settings, name) for name in defaulted), soft_wrap=True)
-    name = args.study or default_name(settings.model, settings.budget_ms)
+    name = args.study or default_name(settings)
     context = prepare(settings)
-    create_study(name, url, settings, context)
-    console.print(f"study [bold]{name}[/] on {masked(url)}; resume with: autosculpt resume {name}{storage_flag(args.storage)}")
+    console.print("measuring the dense model and the latency reference on the target ...")
+    _, settings = create_study(name, url, settings, context)
+    context = replace(context, settings=settings)
+    console.print(f"study [bold]{name}[/] on {masked(url)}: {budget_text(settings)}; "
+                  f"resume with: autosculpt resume {name}{storage_flag(args.storage)}", soft_wrap=True)
     run_workers(name, url, context, args.workers, storage_flag(args.storage))
     return finish_study(name, url, args.out)
 
@@ -64,7 +81,8 @@ def settings_given(args) -> dict:
         "budget_ms": args.budget_ms, "trials": args.trials, "timeout_s": args.timeout, "model": args.model,
         "weights": args.weights, "data": args.data, "image_size": args.image_size, "space": args.space,
         "space_spec": space_spec, "target": target.to_dict() if target else None, "epochs": args.epochs,
-        "seed": args.seed, "distill": args.distill,
+        "seed": args.seed, "distill": args.distill, "speedup": args.speedup, "max_dice_loss": args.max_dice_loss,
+        "polish_epochs": args.polish_epochs,
     }
 
 
@@ -79,10 +97,18 @@ def describe(settings, name: str) -> str:
     return f"{name}={'none' if value is None else value}"
 
 
-def default_name(model: str, budget_ms: float) -> str:
-    """A readable, unique-enough study name, e.g. ``unet-20ms-20261125-0112``."""
-    model_part = model.split(":")[-1].lower()
-    return f"{model_part}-{budget_ms:g}ms-{datetime.now():%Y%m%d-%H%M%S}"
+def default_name(settings) -> str:
+    """A readable, unique-enough study name, e.g. ``unet-20ms-20261125-011200`` or ``unet-15x-...``."""
+    model_part = settings.model.split(":")[-1].lower()
+    budget = f"{settings.speedup:g}x" if settings.speedup else f"{settings.budget_ms:g}ms"
+    return f"{model_part}-{budget}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def budget_text(settings) -> str:
+    """The budget in both the user's words and milliseconds, e.g. ``budget 2.21 ms (33.1 ms / 15)``."""
+    if settings.speedup:
+        return f"budget {settings.budget_ms:.3g} ms (the dense model's {settings.budget_ms * settings.speedup:.3g} ms / {settings.speedup:g})"
+    return f"budget {settings.budget_ms:g} ms"
 
 
 def storage_flag(cli_value: str | None) -> str:

@@ -1,0 +1,54 @@
+"""How the search spent its measurements and fine-tuning, and the verdict on the export.
+
+Pure functions from a study to plain values, as in :mod:`._data`: the report's headline
+states the verdict (red when the budget or the allowed Dice loss was missed), the
+winner's Dice before and after its polish, and how well the projection put trials at the
+budget, with the latency model's error on the study's measured candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import median
+
+import optuna
+from optuna.trial import TrialState
+
+BAND = (0.8, 1.0)  # the fractions of the budget the projection aims between
+
+
+@dataclass(frozen=True)
+class SearchInfo:
+    """``verdict`` is the export's one-line verdict (None before an export), ``verdict_ok``
+    whether it passed; ``polish`` the study's polish record (Dice before/after); ``clock``
+    the clock of the latency figures; ``in_band`` how many of ``at_budget`` fine-tuned
+    trials at the budget measured within 80-100 % of it; ``model_error_pct`` the median
+    absolute error of the latency model's predictions over ``predictions`` measured widths."""
+
+    verdict: str | None
+    verdict_ok: bool | None
+    polish: dict | None
+    clock: str | None
+    in_band: int
+    at_budget: int
+    measurements: int
+    model_error_pct: float | None
+    predictions: int
+
+
+def get_search_info(study: optuna.Study) -> SearchInfo:
+    attrs = study.user_attrs
+    budget = (attrs.get("settings") or {}).get("budget_ms")
+    verdict = (attrs.get("export") or {}).get("verdict") or {}
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    at_budget = [t for t in trials if t.user_attrs.get("finetuned") and t.user_attrs.get("budget_fraction", 1.0) == 1.0]
+    in_band = [t for t in at_budget if budget and BAND[0] * budget <= t.user_attrs.get("latency_ms", 0) <= BAND[1] * budget]
+    probes = [p for t in trials for p in t.user_attrs.get("projection", [])]
+    errors = [abs(p["predicted_ms"] / p["latency_ms"] - 1) * 100 for p in probes if p.get("latency_ms")]
+    latency = (attrs.get("baseline") or {}).get("latency") or {}
+    return SearchInfo(
+        verdict=verdict.get("line"), verdict_ok=verdict.get("ok"), polish=attrs.get("polish"),
+        clock=latency.get("clock"), in_band=len(in_band), at_budget=len(at_budget),
+        measurements=sum(t.user_attrs.get("measurements", 0) for t in trials),
+        model_error_pct=median(errors) if errors else None, predictions=len(errors),
+    )
