@@ -47,7 +47,7 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", action="store_true", help="run no trials: report the stored studies as they are")
 
 
-def make_settings(*, model: str, budget_ms: float, trials: int, space: str | Path, preset: str = "default",
+def make_settings(*, model: str, budget_ms: float | None, trials: int, space: str | Path, preset: str = "default",
                   **overrides) -> Settings:
     """Settings as ``autosculpt search`` would build them; ``overrides`` None = default."""
     given = {"model": model, "budget_ms": budget_ms, "trials": trials, "space": str(space),
@@ -70,7 +70,8 @@ def run_study(name: str, url: str, settings: Settings, *, sampler: Callable[[int
     if name in names:
         study = load_study(name, storage)
         stored = Settings.from_dict(study.user_attrs[SETTINGS_ATTR])
-        differ = stored.conflicts(settings, {"model", "budget_ms", "space_spec", "epochs", "patients", "image_size",
+        budget = {"speedup"} if settings.speedup else {"budget_ms"}  # a speedup's budget is resolved when created
+        differ = stored.conflicts(settings, {"model", *budget, "space_spec", "epochs", "patients", "image_size",
                                              "distill", "seed", "warm_start"})
         if differ and run:
             raise UserError(f"study {name!r} exists with other {', '.join(differ)}: choose another --study")
@@ -79,7 +80,8 @@ def run_study(name: str, url: str, settings: Settings, *, sampler: Callable[[int
         context = _reuse(context, settings)
     else:
         context = _reuse(context, settings)
-        study = create_study(name, url, settings, context)
+        study, settings = create_study(name, url, settings, context)
+        context = replace(context, settings=settings)
     start = time.perf_counter()
     if run:
         run_worker(study, context, url, quiet=True, sampler=sampler)

@@ -9,7 +9,8 @@ For each uniform sparsity: NNI's ``L1NormPruner`` on every Conv2d except the hea
 2.13, a dummy batch of at least 2 - batch 1 prunes nothing - and ``.eval()`` afterwards).
 NNI cannot prune ``ConvTranspose2d``, so the up-convolutions keep their outputs and the
 decoder convolutions their inputs. Then, exactly as a trial of the study: size figures,
-latency with autosculpt's harness (same ONNX Runtime version), fine-tuning with the
+latency with autosculpt's harness (same ONNX Runtime version, the peer study's reference
+network when the job names one), fine-tuning with the
 study's schedule (distilled from the baseline) only when within budget, validation Dice.
 """
 
@@ -29,7 +30,7 @@ def main() -> int:
 
     from autosculpt.search.baseline import build_model, example_input
     from autosculpt.search.data import load_data
-    from autosculpt.search.latency import Target, measure
+    from autosculpt.search.latency import Reference, Target, measure
     from autosculpt.search.train import Schedule, evaluate, teacher_logits, train
     from autosculpt.space import figures
 
@@ -45,6 +46,10 @@ def main() -> int:
     base_figures = figures(base, example, groups=[])
     teacher = teacher_logits(base, data.train.images) if job["distill"] > 0 else None
     target = Target.from_dict(job["target"])
+    reference = None
+    if "reference_onnx" in job:  # the peer study's reference, so both arms' figures share it
+        with open(job["reference_onnx"], "rb") as file:
+            reference = Reference(file.read(), job["reference_ms"])
     for index, keep in enumerate(job["keeps"]):
         start = time.perf_counter()
         model = baseline()
@@ -57,7 +62,7 @@ def main() -> int:
         model.eval()
         prune_s = time.perf_counter() - start
         figs = figures(model, example, groups=[])
-        stats = measure(model, tuple(example.shape), target)
+        stats = measure(model, tuple(example.shape), target, reference)
         feasible = stats.median_ms <= job["budget_ms"]
         finetune_s = 0.0
         if feasible:

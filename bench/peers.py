@@ -1,30 +1,27 @@
-"""Peers: our default search against simpler ways of spending the same trials.
+"""Peers: our default search against other ways of spending the same trials, at the budget.
 
-Every arm gets the same trial count, fine-tuning schedule (epochs, distillation from the
-same cached baseline), data, latency harness and budget; a candidate over the budget is
-rejected before training in every arm. Arms:
+Every arm gets the same trial count, fine-tuning schedule, data, cached baseline, latency
+harness (the study's reference network) and budget, given as a speedup over the dense
+model (``--speedup``), so the same table means the same on every CPU. Arms:
 
-(a) uniform   - one keep ratio for every layer, swept as a person would: a geometric grid
-                of ``--trials`` ratios bracketing the budget (the ``uniform`` space's warm
-                start with that many points);
-(b) random    - Optuna's RandomSampler over a per-layer space (``--space``, default
-                ``bench/paper-space.toml``: keep 0.02..1 on a log scale) with our warm start
-                (3 uniform candidates and their capped twins);
-(c) ours      - our default sampler, multivariate TPE, over the same space and warm start;
-(d) NNI 3.0   - L1NormPruner + ModelSpeedup at the same uniform ratios as (a), run in a
-                separate venv (``$NNI_PYTHON``, default /tmp/nni-venv/bin/python); "not
-                installed" when that interpreter or nni is missing. NNI cannot prune
-                ConvTranspose2d, so the up-convolutions stay whole there.
+(a) uniform        - the uniform shape projected onto the budget: the widest network with
+                     one keep ratio everywhere, fine-tuned once (its trials would repeat it);
+(b) random         - Optuna's RandomSampler over the per-layer space, with our warm start;
+(c) ours           - our default: multivariate TPE over the per-layer space, warm start;
+(d) ours, no warm  - (c) without the warm start's shapes;
+(e) NNI 3.0        - L1NormPruner + ModelSpeedup at uniform ratios bracketing the budget,
+                     measured with the same reference, in a separate venv (``$NNI_PYTHON``,
+                     default /tmp/nni-venv/bin/python); "not installed" when that
+                     interpreter or nni is missing. NNI cannot prune ConvTranspose2d.
 
-For each arm: the best validation Dice within 3 budgets (the study's and 1/2, 1/4 of it,
-read from the same study with :func:`best_feasible`), and the hypervolume of its (Dice,
-latency) front of fine-tuned trials within the study's budget, with reference point
-(Dice 0, the baseline's latency), divided by that latency (1 = Dice 1 at 0 ms).
+Each run (``--runs``: speedup x sampler seed; data and baseline stay the same) prints
+every arm's best validation Dice within the budget; the last column is the mean and the
+spread (max - min) over the seeds of the first speedup.
 
-    python bench/peers.py                      # unet-paper, 64x64, 1 ms, 30 trials x 20 epochs per arm
-    python bench/peers.py --arms uniform,nni & python bench/peers.py --arms random,ours   # two at a time
-    python bench/peers.py --model unet --image-size 96 --budget-ms 2 --epochs 6 --space per-layer
-    python bench/peers.py --quick                              # unet-tiny, smoke data, 3 trials x 1 epoch per arm
+    python bench/peers.py                                       # unet, 96 px: 30x (3 seeds), 10x, 100x
+    python bench/peers.py --runs 30:0 --arms ours,random        # one part; the studies resume
+    python bench/peers.py --model unet-paper --image-size 64 --runs 300:0 --trials 40
+    python bench/peers.py --quick                               # unet-tiny, smoke data, 3 trials per arm
 """
 
 from __future__ import annotations
@@ -32,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,26 +42,29 @@ import optuna  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from _common import add_study_options, front, hypervolume, make_settings, run_study, scaling_row, scaling_table, tuned  # noqa: E402
-from autosculpt.search.latency import Target, measure  # noqa: E402
-from autosculpt.search.storage import open_storage  # noqa: E402
+from _common import add_study_options, make_settings, run_study, scaling_row, scaling_table  # noqa: E402
+from autosculpt.search.latency import Target  # noqa: E402
 from autosculpt.search.runner import make_sampler  # noqa: E402
-from autosculpt.search.study import best_feasible, budget_fraction, prepare  # noqa: E402
+from autosculpt.search.storage import open_storage  # noqa: E402
+from autosculpt.search.study import best_feasible, budget_fraction, study_reference  # noqa: E402
 from autosculpt.space import SearchSpace  # noqa: E402
 
 NNI_PYTHON = os.environ.get("NNI_PYTHON", "/tmp/nni-venv/bin/python")
 NNI_WORKER = Path(__file__).with_name("_nni_worker.py")
+SEED_STRIDE = 7919  # sampler seeds of different runs lie this far apart
+NAMES = {"uniform": "(a) uniform at the budget", "random": "(b) random, per-layer", "ours": "(c) ours: TPE, per-layer",
+         "cold": "(d) ours without warm start", "nni": "(e) NNI 3.0 L1Norm, uniform"}
 
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_options(parser)
-    parser.add_argument("--prefix", help="study name prefix (default peers-<model>-<budget>ms-<size>px)")
-    parser.add_argument("--model", default=None, help="model preset (default unet-paper; unet-tiny with --quick)")
-    parser.add_argument("--trials", type=int, help="trials per arm (default 30; 3 with --quick)")
-    parser.add_argument("--space", default=str(Path(__file__).with_name("paper-space.toml")),
-                        help="space of arms (b) and (c): a preset name or .toml file (default bench/paper-space.toml)")
-    parser.add_argument("--arms", default="uniform,random,ours,nni", help="comma-separated subset of the arms")
+    parser.add_argument("--prefix", help="study name prefix (default peers-<model>-<size>px)")
+    parser.add_argument("--model", default=None, help="model preset (default unet; unet-tiny with --quick)")
+    parser.add_argument("--trials", type=int, help="trials per arm and run (default 30; 3 with --quick)")
+    parser.add_argument("--runs", help="SPEEDUP:SEED,... (default 30:0,30:1,30:2,10:0,100:0; 2:0 with --quick)")
+    parser.add_argument("--space", default="per-layer", help="space of arms (b)-(d): a preset or .toml file")
+    parser.add_argument("--arms", default="uniform,random,ours,cold,nni", help="comma-separated subset of the arms")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: unet-tiny, smoke data, 3 trials per arm")
     return parser.parse_args(argv)
 
@@ -71,78 +72,87 @@ def parse(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse(argv)
     started = time.perf_counter()
-    console = Console(width=160)
+    console = Console(width=180)
     quick = args.quick
-    common = {"model": args.model or ("unet-tiny" if quick else "unet-paper"), "budget_ms": args.budget_ms or (5.0 if quick else 1.0),
-              "trials": args.trials or (3 if quick else 30), "preset": "smoke" if quick else "default",
-              "image_size": args.image_size or (None if quick else 64), "patients": args.patients,
-              "epochs": args.epochs or (1 if quick else 20)}
+    common = {"model": args.model or ("unet-tiny" if quick else "unet"), "preset": "smoke" if quick else "default",
+              "image_size": args.image_size or (None if quick else 96), "patients": args.patients,
+              "epochs": args.epochs or (1 if quick else 12)}
     if quick:
-        common["target"] = Target(min_runs=10, max_seconds=0.2, warmup=2).to_dict()
+        common["target"] = Target(min_runs=10, max_seconds=0.2, min_seconds=0.1, warmup=2).to_dict()
     url = args.storage or os.environ.get("AUTOSCULPT_BENCH_STORAGE") or (
         f"sqlite:///{tempfile.mkdtemp(prefix='peers-quick-')}/studies.db" if quick else "sqlite:///studies/bench.db")
-    trials = common["trials"]
-    warm = 1 if quick else 3
+    trials = args.trials or (3 if quick else 30)
+    runs = [tuple(float(x) for x in run.split(":")) for run in (args.runs or ("2:0" if quick else "30:0,30:1,30:2,10:0,100:0")).split(",")]
+    warm = 1 if quick else 4
     arms = {
-        "uniform": dict(space="uniform", warm_start=trials, sampler=make_sampler),
-        "random": dict(space=args.space, warm_start=warm, sampler=lambda seed: optuna.samplers.RandomSampler(seed=seed)),
-        "ours": dict(space=args.space, warm_start=warm, sampler=make_sampler),
+        "uniform": dict(space="uniform", warm_start=1, trials=1, sampler=make_sampler),
+        "random": dict(space=args.space, warm_start=warm, trials=trials, sampler=optuna.samplers.RandomSampler),
+        "ours": dict(space=args.space, warm_start=warm, trials=trials, sampler=make_sampler),
+        "cold": dict(space=args.space, warm_start=0, trials=trials, sampler=make_sampler),
     }
     chosen = args.arms.split(",")
-    prefix = args.prefix or f"peers-{common['model']}-{common['budget_ms']:g}ms" + (
-        f"-{common['image_size']}px" if common["image_size"] else "") + (f"-{common['patients']}p" if common["patients"] else "")
-    console.print(f"peers on {url}: {common['model']}, budget {common['budget_ms']:g} ms, {trials} trials per arm")
+    prefix = args.prefix or f"peers-{common['model']}" + (f"-{common['image_size']}px" if common["image_size"] else "")
+    console.print(f"peers on {url}: {common['model']}, {trials} trials per arm, runs {args.runs or 'default'}")
+    results: dict[str, dict] = {arm: {} for arm in NAMES if arm in chosen}
     studies, context = {}, None
-    for arm, spec in arms.items():
-        if arm not in chosen:
-            continue
-        settings = make_settings(**common, space=spec["space"], warm_start=spec["warm_start"])
-        study, context, seconds = run_study(f"{prefix}-{arm}" + ("-quick" if quick else ""), url, settings,
-                                            sampler=spec["sampler"], context=context, run=not args.report)
-        console.print(f"  arm {arm}: {len(study.trials)} trials, {seconds:.0f} s in this call")
-        studies[arm] = study
-    if context is None:  # the NNI arm alone: it needs the data and baseline a study arm would prepare
-        context = prepare(make_settings(**common, space="uniform"))
-    reference = (next(iter(studies.values())).user_attrs["baseline"]["latency"]["median_ms"] if studies
-                 else measure(context.baseline.model, tuple(context.example.shape), context.target).median_ms)
-    nni = nni_study(f"{prefix}-nni" + ("-quick" if quick else ""), url, context, trials, reference, run=not args.report) \
-        if "nni" in chosen else None
-    console.print(peers_table({**studies, "nni": nni} if nni is not None else studies, common["budget_ms"], reference,
-                              context.baseline.val.mean, trials))
-    console.print(scaling_table([scaling_row(arm, s) for arm, s in studies.items()], "Where the trials' time went, per arm"))
-    console.print(f"time taken: {time.perf_counter() - started:.0f} s; the machine was shared with other jobs, "
-                  f"so absolute times are inflated (latency is thread CPU time at 1 thread, far less affected)")
+    for speedup, seed in runs:
+        run_name = f"{speedup:g}x-s{seed:g}"
+        for arm, spec in arms.items():
+            if arm not in chosen:
+                continue
+            settings = make_settings(**common, budget_ms=None, speedup=speedup, space=spec["space"],
+                                     warm_start=spec["warm_start"], trials=spec["trials"])
+            sampler = _seeded(spec["sampler"], int(seed))
+            study, context, seconds = run_study(f"{prefix}-{run_name}-{arm}" + ("-quick" if quick else ""), url, settings,
+                                                sampler=sampler, context=context, run=not args.report)
+            console.print(f"  {run_name} arm {arm}: {len(study.trials)} trials, {seconds:.0f} s in this call")
+            results[arm][run_name] = study
+            studies[f"{run_name} {arm}"] = study
+        if "nni" in chosen and context is not None:
+            budget = study.user_attrs["settings"]["budget_ms"]
+            results["nni"][run_name] = nni_study(f"{prefix}-{run_name}-nni" + ("-quick" if quick else ""), url, study,
+                                                 context, trials, budget, run=not args.report)
+    console.print(peers_table(results, [f"{s:g}x-s{d:g}" for s, d in runs], context.baseline.val.mean if context else None, trials))
+    console.print(scaling_table([scaling_row(label, s) for label, s in studies.items()], "Where the trials' time went"))
+    console.print(f"time taken: {time.perf_counter() - started:.0f} s")
     return 0
 
 
-def nni_keeps(context, trials: int, baseline_ms: float) -> list[float]:
-    """The same uniform ratios as arm (a): the uniform space's warm start around the budget."""
-    around = budget_fraction(context.settings.budget_ms, baseline_ms)
+def _seeded(sampler, seed: int):
+    """A sampler factory whose seeds are shifted by the run's sampler seed."""
+    return lambda worker_seed: sampler(seed=worker_seed + SEED_STRIDE * seed)
+
+
+def nni_keeps(context, trials: int, budget_ms: float, baseline_ms: float) -> list[float]:
+    """Uniform ratios a person would sweep: ``trials`` of them bracketing the budget."""
+    around = budget_fraction(budget_ms, baseline_ms)
     return [next(iter(p.values())) for p in SearchSpace.load("uniform").uniform_recipes(trials, context.groups, around)]
 
 
-def nni_study(name: str, url: str, context, trials: int, baseline_ms: float, run: bool) -> optuna.Study | str:
+def nni_study(name: str, url: str, peer: optuna.Study, context, trials: int, budget_ms: float,
+              run: bool) -> optuna.Study | str:
     """The NNI arm as a study of ``trials`` finished trials (one per uniform ratio), or why there is none.
 
-    Runs NNI in its venv unless the study already holds the trials (or ``run`` is False), and
-    stores each ratio as a trial with the same values and attributes as ours, so every arm
-    is read the same way.
+    Runs NNI in its venv unless the study already holds the trials (or ``run`` is False),
+    measuring with ``peer``'s latency reference, and stores each ratio as a trial with the
+    same value and attributes as ours, so every arm is read the same way.
     """
     storage = open_storage(url)
-    study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize"], load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     if len(study.trials) >= trials or not run:
         return study if study.trials else "not run"
-    rows = run_nni(context, trials, baseline_ms)
+    study.set_user_attr("settings", {**peer.user_attrs["settings"], "budget_ms": budget_ms})
+    rows = run_nni(context, peer, trials, budget_ms)
     if isinstance(rows, str):
         return rows
     for row in rows:
         attrs = {"finetuned": row["feasible"], "latency_ms": row["latency_ms"], "latency_p90_ms": row["latency_p90_ms"],
                  "param_ratio": row["param_ratio"], "mac_ratio": row["mac_ratio"], "params": row["params"], "keep": row["keep"]}
-        study.add_trial(optuna.trial.create_trial(values=[row["dice"], row["latency_ms"]], user_attrs=attrs))
+        study.add_trial(optuna.trial.create_trial(value=row["dice"], user_attrs=attrs))
     return study
 
 
-def run_nni(context, trials: int, baseline_ms: float) -> list[dict] | str:
+def run_nni(context, peer: optuna.Study, trials: int, budget_ms: float) -> list[dict] | str:
     """Rows of the NNI arm from its venv, or why there are none."""
     if not Path(NNI_PYTHON).exists():
         return "not installed"
@@ -150,10 +160,16 @@ def run_nni(context, trials: int, baseline_ms: float) -> list[dict] | str:
     if probe.returncode:
         return "not installed"
     s = context.settings
-    job = {"model": s.model, "image_size": s.image_size, "patients": s.patients, "seed": s.seed,
-           "state_path": str(context.baseline.state_path), "keeps": nni_keeps(context, trials, baseline_ms), "epochs": s.epochs,
-           "distill": s.distill, "budget_ms": s.budget_ms, "target": s.target}
-    done = subprocess.run([NNI_PYTHON, str(NNI_WORKER)], input=json.dumps(job), capture_output=True, text=True)
+    baseline_ms = peer.user_attrs["baseline"]["latency"]["median_ms"]
+    reference = study_reference(peer, context)
+    with tempfile.TemporaryDirectory() as folder:
+        job = {"model": s.model, "image_size": s.image_size, "patients": s.patients, "seed": s.seed,
+               "state_path": str(context.baseline.state_path), "keeps": nni_keeps(context, trials, budget_ms, baseline_ms),
+               "epochs": s.epochs, "distill": s.distill, "budget_ms": budget_ms, "target": s.target}
+        if reference is not None:
+            job["reference_onnx"], job["reference_ms"] = str(Path(folder) / "reference.onnx"), reference.median_ms
+            Path(job["reference_onnx"]).write_bytes(reference.onnx)
+        done = subprocess.run([NNI_PYTHON, str(NNI_WORKER)], input=json.dumps(job), capture_output=True, text=True)
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode:
         tail = done.stderr.strip().splitlines()[-1:] or ["?"]
@@ -161,32 +177,31 @@ def run_nni(context, trials: int, baseline_ms: float) -> list[dict] | str:
     return rows
 
 
-NAMES = {"uniform": "(a) uniform grid", "random": "(b) random, per-layer", "ours": "(c) ours: TPE, per-layer",
-         "nni": "(d) NNI 3.0 L1Norm, uniform"}
-
-
-def peers_table(studies: dict, budget, reference, base_dice, trials) -> Table:
-    """One row per arm: a study, or a string saying why the arm has none."""
-    budgets = (budget / 4, budget / 2, budget)
-    table = Table(title=f"Same {trials} trials, schedule and budget per arm: best val Dice within each budget "
-                        f"(baseline Dice {base_dice:.3f}, {reference:.2f} ms); hypervolume ref (Dice 0, {reference:.2f} ms)")
+def peers_table(results: dict[str, dict], runs: list[str], base_dice: float | None, trials: int) -> Table:
+    """One row per arm: the best val Dice within the budget of each run, and the first
+    speedup's mean and spread over its seeds. A cell holds why an arm has no study."""
+    first = runs[0].split("-")[0]
+    seeds = [run for run in runs if run.startswith(first + "-")]
+    base = f"{base_dice:.3f}" if base_dice is not None else "?"
+    table = Table(title=f"Best val Dice within the budget, {trials} trials per arm (baseline {base}); "
+                        f"runs are speedup-seed; one fine-tune schedule for all")
     table.add_column("arm")
-    for b in budgets:
-        table.add_column(f"Dice ≤{b:g} ms", justify="right")
-    for column in ("hypervolume", "front size", "fine-tuned", "rejected"):
-        table.add_column(column, justify="right")
-    for arm, study in studies.items():
-        if isinstance(study, str):
-            table.add_row(NAMES[arm], study, *[""] * (len(budgets) + 3))
-            continue
-        points = [(t.values[0], t.user_attrs["latency_ms"]) for t in tuned(study)]
-        cells = []
-        for b in budgets:
-            best = best_feasible(study, b)
-            cells.append("—" if best is None else f"{best.values[0]:.3f} ({best.user_attrs['param_ratio']:.0f}x)")
-        rejected = sum(1 for t in study.trials if t.user_attrs.get("finetuned") is False)
-        table.add_row(NAMES[arm], *cells, f"{hypervolume(points, reference):.4f}", str(len(front(tuned(study), budget))),
-                      str(len(points)), str(rejected))
+    for run in runs:
+        table.add_column(run, justify="right")
+    table.add_column(f"{first} mean (spread)", justify="right")
+    for arm, by_run in results.items():
+        cells, scores = [], []
+        for run in runs:
+            study = by_run.get(run)
+            if study is None or isinstance(study, str):
+                cells.append(study or "—")
+                continue
+            best = best_feasible(study)
+            cells.append("none" if best is None else f"{best.values[0]:.3f} ({best.user_attrs['param_ratio']:.0f}x)")
+            if run in seeds:
+                scores.append(best.values[0] if best else 0.0)
+        summary = f"{statistics.mean(scores):.3f} ({max(scores) - min(scores):.3f})" if scores else ""
+        table.add_row(NAMES[arm], *cells, summary)
     return table
 
 

@@ -99,6 +99,16 @@ class LatencyModel:
         """The same exponent through one measured point: the local model of one shape."""
         return LatencyModel(math.log(latency_ms) - self.exponent * math.log(cost), self.exponent)
 
+    def between(self, low: "Probe", high: "Probe") -> "LatencyModel":
+        """The line through two measured widths of one shape in log-log (regula falsi); the same
+        exponent through ``low`` when the two do not rise with cost (kernels change with channels)."""
+        rise = math.log(high.stats.median_ms / low.stats.median_ms)
+        run = math.log(high.cost / low.cost) if high.cost > 0 and low.cost > 0 else 0.0
+        if run <= 0 or rise <= 0:
+            return self.through(low.cost, low.stats.median_ms)
+        exponent = rise / run
+        return LatencyModel(math.log(low.stats.median_ms) - exponent * math.log(low.cost), exponent)
+
 
 class LatencyCache:
     """Figures of measured channel plans, per target and input shape, in a study's user attributes.
@@ -138,12 +148,14 @@ def project(plan_of: Callable[[float], dict[str, int]], cost_of: Callable[[dict[
     cost figure and ``measure(width, plan)`` its latency. The model proposes each width,
     shifted through the last measurement; widths over the goal bound the search from
     above, widths within it from below. Stops after ``max_probes`` measurements or when
-    no untried plan lies between the bounds. Returns the probes in order; pick the
-    answer with :func:`chosen`.
+    no untried plan lies between the bounds. Once one width is within the goal and one
+    over it, the next width interpolates between them. Returns the probes in order; pick
+    the answer with :func:`chosen`.
     """
     probes: list[Probe] = []
     low, high = 0.0, 1.0 + 1e-9  # the widest width within the goal, the narrowest over it
     local = model
+    within = over = None  # the probes at ``low`` and ``high``
     while len(probes) < max_probes:
         width = _width_for(AIM * goal_ms, local, plan_of, cost_of, low, high, [p.plan for p in probes])
         if width is None:
@@ -151,14 +163,15 @@ def project(plan_of: Callable[[float], dict[str, int]], cost_of: Callable[[dict[
         plan = plan_of(width)
         cost = cost_of(plan)
         stats = measure(width, plan)
-        probes.append(Probe(width, plan, cost, model.predict(cost), stats))
+        probe = Probe(width, plan, cost, model.predict(cost), stats)
+        probes.append(probe)
         if stats.median_ms <= goal_ms:
-            low = width
+            low, within = width, probe
             if stats.median_ms >= BAND * goal_ms or width >= 1.0:
                 break
         else:
-            high = width
-        local = model.through(cost, stats.median_ms)
+            high, over = width, probe
+        local = model.between(within, over) if within and over else model.through(cost, stats.median_ms)
     return probes
 
 

@@ -26,7 +26,7 @@ import torch_pruning
 from optuna.trial import FrozenTrial, TrialState
 
 from ..space import Figures, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, figures, layer_groups, warm_start
-from .baseline import Baseline, example_input, get_baseline
+from .baseline import Baseline, build_model, example_input, get_baseline
 from .data import SegmentationData, load_data
 from .errors import UserError
 from .latency import LatencyStats, Reference, Target, TargetUnavailable, clear_of, cpu_model, measure, pooled
@@ -58,12 +58,16 @@ class Context:
 
 
 def prepare(settings: Settings) -> Context:
-    """Load data, the cached baseline and the space; precompute the teacher's logits."""
+    """Load data, the cached baseline and the space; precompute the teacher's logits.
+
+    The model's layer groups are found on an untrained copy first, so a model that cannot
+    be pruned is refused (:class:`UserError`) before its baseline trains.
+    """
     data = load_data(settings.data, image_size=settings.image_size, seed=settings.seed, patients=settings.patients)
-    baseline = get_baseline(settings.model, data, seed=settings.seed, epochs=settings.baseline_epochs, weights=settings.weights)
     example = example_input(data)
     space = SearchSpace.from_dict(settings.space_spec)
-    groups = layer_groups(baseline.model, example, ignore=space.ignore)
+    groups = layer_groups(build_model(settings.model, data, settings.weights), example, ignore=space.ignore)
+    baseline = get_baseline(settings.model, data, seed=settings.seed, epochs=settings.baseline_epochs, weights=settings.weights)
     teacher = teacher_logits(baseline.model, data.train.images) if settings.distill > 0 else None
     return Context(settings, data, baseline, groups, space, Target.from_dict(settings.target), example,
                    figures(baseline.model, example, groups), teacher)

@@ -27,12 +27,15 @@ from conftest import POSTGRES_ENV, postgres_database
 from sqlalchemy.engine import make_url
 
 from autosculpt.search.cli import build_parser
+from autosculpt.search.verdict import EXIT_VERDICT_FAILED
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTOSCULPT = str(Path(sys.executable).with_name("autosculpt"))  # the console script, the image's ENTRYPOINT
 SERVICES = {"postgres", "search", "worker", "report"}
 # Compose interpolation: $$ is a literal $, ${NAME}, ${NAME:-default}, ${NAME:?error}, $NAME.
 VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:[-?])([^}]*))?\}|\$(\w+)")
+
+FLOW = (0, EXIT_VERDICT_FAILED)  # these tests are about the flow; the verdict is tested in test_search_cli
 
 
 def compose() -> dict:
@@ -199,7 +202,7 @@ def _run_the_containers_pieces(tmp_path: Path, cache: Path, database) -> None:
             search.kill()
         log.seek(0)
         outputs.append(log.read())
-    assert search.returncode == 0, outputs[-1][-3000:]
+    assert search.returncode in FLOW, outputs[-1][-3000:]
     assert worker.returncode == 0, worker.stderr[-3000:]
     study = optuna.load_study(study_name="compose", storage=storage)
     counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
@@ -208,7 +211,7 @@ def _run_the_containers_pieces(tmp_path: Path, cache: Path, database) -> None:
 
     # Restarted: search resumes the stored study (nothing left to run) and exports again; a worker has nothing to do.
     again = run("search")
-    assert again.returncode == 0 and "resuming compose" in again.stderr, again.stderr[-3000:]
+    assert again.returncode in FLOW and "resuming compose" in again.stderr, again.stderr[-3000:]
     worker = run("worker")
     assert worker.returncode == 0 and "0 trials finished" in worker.stdout
 

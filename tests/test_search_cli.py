@@ -19,8 +19,10 @@ from PIL import Image
 
 from autosculpt.search.data import load_data
 from autosculpt.search.train import dice_counts, scores_from_counts
+from autosculpt.search.verdict import EXIT_VERDICT_FAILED
 
 SMOKE = ("--preset", "smoke")
+FLOW = (0, EXIT_VERDICT_FAILED)  # where a test is about the flow, not the verdict (tested on its own)
 
 
 def counted(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -31,22 +33,30 @@ def counted(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
 def test_search_resume_export_predict(tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     out = tmp_path / "best"
-    done = run_cli("search", *SMOKE, "--budget-ms", "50", "--study", "flow", "--storage", url, "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    assert "autosculpt resume flow" in done.stderr
+    done = run_cli("search", *SMOKE, "--speedup", "1", "--study", "flow", "--storage", url, "--out", str(out))
+    assert done.returncode in FLOW, done.stderr
+    assert "autosculpt resume flow" in done.stderr and "budget" in done.stderr.splitlines()[-1]
     first = {t.number: t.values for t in counted(url, "flow")}
     assert len(first) == 3
     assert (out / "model.onnx").exists() and (out / "report.html").exists()
+    study = optuna.load_study(study_name="flow", storage=url)
+    settings, baseline = study.user_attrs["settings"], study.user_attrs["baseline"]
+    assert settings["speedup"] == 1 and settings["budget_ms"] == pytest.approx(baseline["latency"]["median_ms"])
+    polish = study.user_attrs["polish"]
+    assert polish["dice_after"] >= polish["dice_before"] and polish["epochs"] == 3
+    card = json.loads((out / "model.json").read_text())
+    assert card["polish"] == polish and card["latency"]["clock"] == "thread-cpu" == card["latency_clock"]
+    assert (done.returncode == 0) == card["verdict"]["ok"]
 
     done = run_cli("resume", "flow", "--storage", url, "--trials", "2", "--out", str(out))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode in FLOW, done.stderr
     after = {t.number: t.values for t in counted(url, "flow")}
     assert len(after) == 5
     assert all(after[number] == values for number, values in first.items())  # nothing lost or changed
 
     export = tmp_path / "export"
     done = run_cli("export", "flow", "--storage", url, "--out", str(export))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode in FLOW, done.stderr
     card = json.loads((export / "model.json").read_text())
     assert card["onnx_max_abs_diff"] < 1e-3
     assert (export / "model.pt2").exists()
@@ -61,6 +71,22 @@ def test_search_resume_export_predict(tmp_path):
     assert done.returncode == 0, done.stderr
     mask = np.asarray(Image.open(tmp_path / "pred" / "slice_mask.png"))
     assert mask.shape == (50, 70) and mask.max() < len(card["class_names"])
+
+
+def test_verdict_over_budget_exits_3_with_the_trade_off_and_still_writes_the_model(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    done = run_cli("search", *SMOKE, "--budget-ms", "50", "--trials", "1", "--polish-epochs", "0", "--study", "v",
+                   "--storage", url, "--out", str(tmp_path / "first"))
+    assert done.returncode in FLOW, done.stderr
+    out = tmp_path / "tight"
+    done = run_cli("export", "v", "--storage", url, "--trial", "0", "--budget-ms", "0.001", "--out", str(out))
+    assert done.returncode == EXIT_VERDICT_FAILED, done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith("budget NOT met (over budget") and "No fine-tuned trial is within 0.001 ms" in line
+    assert "autosculpt search --budget-ms" in line  # the trade-off the study found, as a command
+    card = json.loads((out / "model.json").read_text())
+    assert (out / "model.onnx").exists() and card["verdict"]["ok"] is False and card["budget_ms"] == 0.001
+    assert "polish" not in optuna.load_study(study_name="v", storage=url).user_attrs  # --polish-epochs 0
 
 
 def _onnx_test_dice(path, card) -> float:
@@ -85,7 +111,7 @@ def test_sigkill_mid_trial_then_resume(tmp_path):
         worker.wait()
     time.sleep(5)  # let the heartbeat go stale
     done = run_cli("resume", "killed", "--storage", url, "--epochs", "2", "--force", env=env)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode in FLOW, done.stderr
     study = optuna.load_study(study_name="killed", storage=url)
     states = {t.number: t.state for t in study.trials}
     assert states[running.number] == optuna.trial.TrialState.FAIL
@@ -112,6 +138,9 @@ def _wait_for_finetuning(url: str, name: str, process: subprocess.Popen, limit: 
 BAD_INPUTS = [
     (("search", "--budget-ms", "-3"), "budget"),
     (("search", "--budget-ms", "abc"), "invalid float"),
+    (("search", "--speedup", "0.5"), "--speedup 0.5 must be at least 1"),
+    (("search", "--budget-ms", "5", "--speedup", "3"), "give one budget"),
+    (("search",), "give one budget"),
     (("resume", "no-such-study"), "no study named"),
     (("search", "--budget-ms", "5", "--preset", "nope"), "invalid choice"),
     (("search", "--budget-ms", "5", "--model", "resnet9000"), "unknown model"),
@@ -135,7 +164,7 @@ def test_bad_input_is_one_line(tmp_path, args, expected):
 def test_storage_is_plain_optuna(storage_url):
     """A study made by autosculpt is listed by Optuna's own CLI on every backend."""
     done = run_cli("search", *SMOKE, "--budget-ms", "50", "--trials", "1", "--study", "plain", "--storage", storage_url)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode in FLOW, done.stderr
     optuna_cli = os.path.join(os.path.dirname(sys.executable), "optuna")
     listed = subprocess.run([optuna_cli, "studies", "--storage", storage_url, "-f", "json"], capture_output=True, text=True)
     assert listed.returncode == 0, listed.stderr
