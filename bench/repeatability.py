@@ -5,8 +5,9 @@ about 2 ms on a 2.5 GHz Xeon or EPYC core), idle and with another process keepin
 other core busy (a numpy matmul loop), it measures each network five times in a row with:
 
 - ``single window``: the old harness (30 runs or 1 s, one round);
-- ``rounds``: today's harness alone, as ``autosculpt latency`` measures (rounds over a
-  window, median of round medians);
+- ``rounds``: today's harness alone, as ``autosculpt latency`` and the study's
+  calibration measure (rounds over a window; the median of the runs in the half of the
+  rounds least disturbed);
 - ``rounds + reference``: today's harness with the search's reference network (the
   dense net pruned uniformly to about the budget) timed in the same rounds, as every
   trial and the export measure.

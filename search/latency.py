@@ -6,8 +6,9 @@ worker process (``python -m autosculpt.search.latency``), so the caller's thread
 allocator do not disturb the timing. The worker fixes the thread count, pins itself to
 one core when it runs one thread, warms up, then times single runs in ``rounds`` rounds
 spread over a window of at least ``min_seconds`` (longer for slow models: ``min_runs``
-runs), at most ``max_seconds``. The figure is the median of the rounds' medians, so a
-disturbance shorter than half the window does not move it.
+runs), at most ``max_seconds``. The figure is the median of the runs in the undisturbed
+half of the rounds (those with the lowest medians), so a burst of other load shorter than
+half the window does not move it.
 
 A run is timed in wall-clock ``perf_counter_ns``, except at one thread, where it is
 timed in the CPU time of the thread that computes it (``thread_time_ns``): the same
@@ -133,10 +134,10 @@ class Reference:
 class LatencyStats:
     """Timings of one model in milliseconds per run, on the clock named by ``clock``.
 
-    ``median_ms`` is the median of the rounds' medians and ``p90_ms`` the 90th percentile
-    of single runs scaled the same way; with a reference (``reference_ms`` set) both are
-    relative to the reference, times its calibrated latency, and ``raw_median_ms`` is the
-    candidate's own median in this window. ``noise`` is the interquartile range of the
+    ``median_ms`` and ``p90_ms`` are those of the single runs in the undisturbed half of
+    the rounds (the rounds with the lowest medians); with a reference (``reference_ms``
+    set) they are relative to the reference, times its calibrated latency. ``raw_median_ms``
+    is the median of all rounds' medians, as timed in this window. ``noise`` is the interquartile range of the
     rounds' figures over their median: a figure within ``noise`` of a budget is too close
     to call from one measurement. ``measurements`` counts the pooled measurements
     (:func:`pooled`); ``cv`` is the std/mean of single runs.
@@ -479,21 +480,31 @@ def _time_block(run, clock, nanoseconds: float) -> list[float]:
 
 
 def _stats(rounds, target: Target, shape: tuple[int, ...], reference_ms: float | None) -> LatencyStats:
-    """The figure of timed rounds: median of round medians (relative to the reference's, if any)."""
+    """The figure of timed rounds.
+
+    Alone: the median and p90 of the runs in the undisturbed half of the rounds (those
+    with the lowest medians): other load only ever adds time, and bursts of it hit whole
+    rounds. With a reference: the median over rounds of (model / reference) times the
+    reference's calibrated latency, the runs' spread scaled to it.
+    """
     import numpy as np
 
-    runs = np.concatenate([np.asarray(model) for model, _ in rounds])
-    raw = float(np.median([np.median(model) for model, _ in rounds]))
+    medians = np.asarray([np.median(model) for model, _ in rounds])
+    raw = float(np.median(medians))
     if reference_ms is None:
-        per_round = np.asarray([np.median(model) for model, _ in rounds])
+        undisturbed = np.argsort(medians, kind="stable")[: (len(rounds) + 1) // 2]
+        runs = np.concatenate([np.asarray(rounds[i][0]) for i in undisturbed])
+        per_round = medians
+        figure = float(np.median(runs))
     else:
+        runs = np.concatenate([np.asarray(model) for model, _ in rounds])
         per_round = np.asarray([np.median(model) / np.median(ref) * reference_ms for model, ref in rounds])
-    figure = float(np.median(per_round))
+        figure = float(np.median(per_round))
     scale = figure / float(np.median(runs))
     q25, q75 = np.percentile(per_round, [25, 75])
     return LatencyStats(
         median_ms=figure, p90_ms=float(np.percentile(runs, 90)) * scale,
-        min_ms=float(runs.min()) * scale, max_ms=float(runs.max()) * scale, runs=len(runs),
+        min_ms=float(runs.min()) * scale, max_ms=float(runs.max()) * scale, runs=sum(len(model) for model, _ in rounds),
         cv=float(runs.std() / runs.mean()), threads=target.threads, runtime=target.runtime,
         cpu_model=cpu_model(), input_shape=shape, clock=_clock_name(target.threads), rounds=len(rounds),
         noise=float((q75 - q25) / figure), raw_median_ms=raw, reference_ms=reference_ms,
