@@ -28,8 +28,11 @@ def warm_start(space: SearchSpace, groups: Sequence[LayerGroup], count: int) -> 
     ``count`` shapes at the budget (fraction 1.0): uniform, then capped at 1, 2, 4 ...
     times the narrowest searched group's channels (distinct points only; a ``uniform``
     space has one shape), then the first capped shape (or uniform) at each of
-    :data:`TRADE_OFF_FRACTIONS`. ``groups`` are the model's, as for :meth:`SearchSpace.sample`.
+    :data:`TRADE_OFF_FRACTIONS`; ``count`` 0 gives no point at all. ``groups`` are the
+    model's, as for :meth:`SearchSpace.sample`.
     """
+    if count < 1:
+        return []
     shapes = space.uniform_recipes(1, groups)
     if space.granularity != "uniform":
         narrowest = min(g.channels for g in space.searched(groups))

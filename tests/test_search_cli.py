@@ -75,14 +75,14 @@ def test_search_resume_export_predict(tmp_path):
 
 def test_verdict_over_budget_exits_3_with_the_trade_off_and_still_writes_the_model(tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    done = run_cli("search", *SMOKE, "--budget-ms", "50", "--trials", "1", "--polish-epochs", "0", "--study", "v",
-                   "--storage", url, "--out", str(tmp_path / "first"))
+    done = run_cli("search", *SMOKE, "--budget-ms", "50", "--trials", "1", "--polish-epochs", "0", "--max-dice-loss", "99",
+                   "--study", "v", "--storage", url, "--out", str(tmp_path / "first"))
     assert done.returncode in FLOW, done.stderr
     out = tmp_path / "tight"
     done = run_cli("export", "v", "--storage", url, "--trial", "0", "--budget-ms", "0.001", "--out", str(out))
     assert done.returncode == EXIT_VERDICT_FAILED, done.stderr
     line = done.stdout.strip().splitlines()[-1]
-    assert line.startswith("budget NOT met (over budget") and "No fine-tuned trial is within 0.001 ms" in line
+    assert line.startswith("budget NOT met (over budget):") and "No fine-tuned trial is within 0.001 ms" in line
     assert "autosculpt search --budget-ms" in line  # the trade-off the study found, as a command
     card = json.loads((out / "model.json").read_text())
     assert (out / "model.onnx").exists() and card["verdict"]["ok"] is False and card["budget_ms"] == 0.001
