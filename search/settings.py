@@ -36,7 +36,7 @@ class Settings:
     space_spec: dict = field(default_factory=dict)
     target: dict = field(default_factory=dict)
     seed: int = 0
-    trials: int | None = 30
+    trials: int | None = 20
     timeout_s: float | None = None
     epochs: int = 12
     polish_epochs: int | None = None
