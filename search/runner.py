@@ -14,11 +14,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import UserError
-from .latency import MeasurementError, TargetUnavailable
+from .latency import TargetUnavailable
 from .progress import LiveView
 from .settings import Settings
 from .storage import HEARTBEAT_SECONDS, STORAGE_PATIENCE_SECONDS, exception_chain, failure_reason, is_storage_failure, masked
-from .study import COUNTED, Context, SurplusTrial, TrialRunner, make_pruner
+from .study import COUNTED, CandidateFailed, Context, SurplusTrial, TrialRunner, make_pruner
 
 # A worker whose trials fail this many times in a row stops: something is broken
 # (target agent down, disk full) and looping would only fill the study with failures.
@@ -99,7 +99,7 @@ def _optimize(study: optuna.Study, context: Context, storage_url: str, sampler: 
         study.optimize(
             runner,
             timeout=left,
-            catch=(TargetUnavailable, MeasurementError, SurplusTrial),
+            catch=(TargetUnavailable, CandidateFailed, SurplusTrial),
             callbacks=[view.trial_finished, *callbacks, stopper],
             gc_after_trial=True,
         )

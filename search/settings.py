@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from ..space import SearchSpace
+from ..space import SearchSpace, model_digest
 from .errors import UserError
 from .latency import Target
 
@@ -23,11 +23,14 @@ class Settings:
     most a trial fine-tunes (the pruner stops most earlier); the winner is polished for
     ``polish_epochs`` (default three times ``epochs``). The verdict fails a model that
     loses more than ``max_dice_loss`` percent of the baseline's test Dice.
+    ``model_sha256`` is the digest of the file defining a user's model class when the
+    study was created: workers refuse to import a different one.
     """
 
     budget_ms: float | None = None
     speedup: float | None = None
     model: str = "unet"
+    model_sha256: str | None = None
     weights: str | None = None
     data: str | None = None
     image_size: int = 96
@@ -107,7 +110,9 @@ def with_preset(preset: str, given: dict) -> tuple[Settings, list[str]]:
     values = {**PRESETS[preset], **chosen, "preset": preset}
     values.setdefault("space_spec", SearchSpace.load(values.get("space", "per-layer")).to_dict())
     values.setdefault("target", Target().to_dict())
+    values.setdefault("model_sha256", model_digest(values.get("model", "unet")))
     settings = Settings(**values)
-    defaulted = [f.name for f in fields(Settings) if f.name not in chosen and f.name not in ("preset", "space_spec", "budget_ms", "speedup")]
+    hidden = ("preset", "space_spec", "budget_ms", "speedup", "model_sha256")
+    defaulted = [f.name for f in fields(Settings) if f.name not in chosen and f.name not in hidden]
     return settings, defaulted
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from .errors import UserError
+
+_CREDENTIALS = re.compile(r"(//[^/@:\s]*:)[^/\s]*@")  # the password of //user:password@host, up to its last @
 
 STORAGE_ENV = "AUTOSCULPT_STORAGE"
 ARTIFACTS_ENV = "AUTOSCULPT_ARTIFACTS"
@@ -41,11 +44,12 @@ def storage_url(cli_value: str | None) -> str:
 
 
 def masked(url: str) -> str:
-    """``url`` with any password replaced by ``***``: the only form that is ever printed."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable storage URL>"
+    """``url`` with any password replaced by ``***``: the only form that is ever printed.
+
+    Works on the text, not a parse: a malformed URL, or a password holding an unescaped
+    ``@`` (which a URL parser splits at the first ``@``), never shows its password.
+    """
+    return _CREDENTIALS.sub(r"\1***@", url)
 
 
 def open_storage(url: str) -> RDBStorage:

@@ -25,7 +25,8 @@ import torch
 import torch_pruning
 from optuna.trial import FrozenTrial, TrialState
 
-from ..space import Figures, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, figures, layer_groups, warm_start
+from ..space import (Figures, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, figures, layer_groups,
+                     model_digest, warm_start)
 from .baseline import Baseline, build_model, example_input, get_baseline
 from .data import SegmentationData, load_data
 from .errors import UserError
@@ -33,7 +34,7 @@ from .latency import LatencyStats, Reference, Target, TargetUnavailable, clear_o
 from .onnx_io import to_onnx
 from .projection import CostModel, LatencyCache, LatencyModel, chosen, project
 from .settings import SETTINGS_ATTR, Settings
-from .storage import artifact_store, load_study, open_storage
+from .storage import artifact_store, is_storage_failure, load_study, open_storage
 from .train import Schedule, Scores, evaluate, teacher_logits, train
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that count towards the study's total
@@ -55,22 +56,46 @@ class Context:
     example: torch.Tensor
     baseline_figures: Figures
     teacher_outputs: torch.Tensor | None
+    calibration: tuple[torch.Tensor, torch.Tensor]
 
 
 def prepare(settings: Settings) -> Context:
     """Load data, the cached baseline and the space; precompute the teacher's logits.
 
-    The model's layer groups are found on an untrained copy first, so a model that cannot
-    be pruned is refused (:class:`UserError`) before its baseline trains.
+    The model's layer groups are found, and a recipe of the space's importance is tried,
+    on an untrained copy first, so a model that cannot be pruned as the space asks is
+    refused (:class:`UserError`) before its baseline trains.
     """
+    _check_model_file(settings)
     data = load_data(settings.data, image_size=settings.image_size, seed=settings.seed, patients=settings.patients)
     example = example_input(data)
     space = SearchSpace.from_dict(settings.space_spec)
-    groups = layer_groups(build_model(settings.model, data, settings.weights), example, ignore=space.ignore)
+    untrained = build_model(settings.model, data, settings.weights)
+    groups = layer_groups(untrained, example, ignore=space.ignore)
+    calibration = calibration_batch(data)
+    apply_recipe(untrained, Recipe.uniform(0.5, round_to=space.round_to, min_channels=space.min_channels,
+                                           importance=space.importance, ignore=space.ignore), example, calibration)
     baseline = get_baseline(settings.model, data, seed=settings.seed, epochs=settings.baseline_epochs, weights=settings.weights)
     teacher = teacher_logits(baseline.model, data.train.images) if settings.distill > 0 else None
     return Context(settings, data, baseline, groups, space, Target.from_dict(settings.target), example,
-                   figures(baseline.model, example, groups), teacher)
+                   figures(baseline.model, example, groups), teacher, calibration)
+
+
+def _check_model_file(settings: Settings) -> None:
+    """Refuse a model file that differs from the one the study was created with: the
+    storage names the code every worker imports, so its digest is checked first."""
+    if settings.model_sha256 is None:
+        return
+    now = model_digest(settings.model)
+    if now != settings.model_sha256:
+        found = "is missing" if now is None else f"differs (sha256 {now[:12]}, the study's {settings.model_sha256[:12]})"
+        raise UserError(f"the model file of {settings.model} {found}: restore the file the study was created with, "
+                        "or start a new study")
+
+
+def calibration_batch(data: SegmentationData, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first training slices and their masks: what Taylor importance back-propagates."""
+    return data.train.images[:size], data.train.masks[:size]
 
 
 def create_study(name: str, url: str, settings: Settings, context: Context) -> tuple[optuna.Study, Settings]:
@@ -220,6 +245,21 @@ class TrialRunner:
         self.cost = CostModel(context.baseline.model, context.example, context.groups)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        """The trial's validation Dice. A failure of this one candidate (it cannot be measured,
+        exported or trained) raises :class:`CandidateFailed` with the reason stored as
+        ``fail_reason``; storage failures, pruning, surplus and an unreachable target pass."""
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, SurplusTrial, TargetUnavailable):
+            raise
+        except Exception as error:
+            if is_storage_failure(error) or isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
+                raise
+            reason = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+            trial.set_user_attr("fail_reason", reason)
+            raise CandidateFailed(reason) from error
+
+    def _run(self, trial: optuna.Trial) -> float:
         self._refuse_surplus(trial)
         ctx = self.context
         fraction = trial.user_attrs.get("budget_fraction", 1.0)
@@ -252,7 +292,7 @@ class TrialRunner:
         def measure_width(width: float, plan: dict[str, int]) -> LatencyStats:
             stats = self.cache.get(plan)
             if stats is None:
-                nets[width] = apply_recipe(ctx.baseline.model, replace(shape, width=width), ctx.example)
+                nets[width] = apply_recipe(ctx.baseline.model, replace(shape, width=width), ctx.example, ctx.calibration)
                 self.on_phase(trial, f"measuring width {width:.3f}")
                 stats = self._measure(trial, nets[width], goal_ms)
                 made.append(stats.measurements)
@@ -262,7 +302,7 @@ class TrialRunner:
         probes = project(plan_of, self.cost, measure_width, LatencyModel.fit(self.cache.points()), goal_ms)
         best = chosen(probes, goal_ms) or min(probes, key=lambda p: p.width)
         recipe = replace(shape, width=best.width)
-        net = nets.get(best.width) or apply_recipe(ctx.baseline.model, recipe, ctx.example)
+        net = nets.get(best.width) or apply_recipe(ctx.baseline.model, recipe, ctx.example, ctx.calibration)
         trial.set_user_attr("projection", [p.to_dict() for p in probes])
         trial.set_user_attr("measurements", sum(made))
         trial.set_user_attr("predicted_ms", best.predicted_ms)
@@ -367,6 +407,10 @@ def make_pruner(settings: Settings) -> optuna.pruners.BasePruner:
     """Successive halving over fine-tuning epochs: every shape gets a quarter of the epochs,
     the best third of those at each rung three times as many."""
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, settings.epochs // 4), reduction_factor=3)
+
+
+class CandidateFailed(Exception):
+    """One trial's network failed (see :meth:`TrialRunner.__call__`): the trial fails, the worker goes on."""
 
 
 class SurplusTrial(Exception):

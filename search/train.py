@@ -6,6 +6,7 @@ hundred 2D slices). Training is deterministic for a given seed and thread count.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -134,7 +135,10 @@ def train(
 
 
 def _train_epoch(model, split, schedule, optimizer, lr_schedule, generator, teacher_outputs) -> float:
-    """One pass over ``split`` in a seeded random order; returns the mean loss."""
+    """One pass over ``split`` in a seeded random order; returns the mean loss.
+
+    Raises FloatingPointError as soon as a batch's loss is not finite.
+    """
     model.train()
     order = torch.randperm(len(split.images), generator=generator)
     total = 0.0
@@ -144,9 +148,12 @@ def _train_epoch(model, split, schedule, optimizer, lr_schedule, generator, teac
         loss = segmentation_loss(logits, split.masks[index])
         if schedule.distill > 0:
             loss = loss + schedule.distill * distillation_loss(logits, teacher_outputs[index], schedule.temperature)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training diverged: the loss is {value} (check the data for NaN or infinite values)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         lr_schedule.step()
-        total += loss.item() * len(index)
+        total += value * len(index)
     return total / len(order)

@@ -14,7 +14,7 @@ from ._prune import apply_recipe, layer_groups, rebuild
 from ._recipe import LayerGroup, Recipe, channel_plan
 from ._space import SearchSpace
 from ._warm import warm_start
-from ._usermodel import load_user_model
+from ._usermodel import load_user_model, model_digest
 from .unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, round_channels
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "figures",
     "layer_groups",
     "load_user_model",
+    "model_digest",
     "preset_config",
     "rebuild",
     "round_channels",

@@ -117,8 +117,7 @@ def prune_in_place(
     kept = {}
     for name, _, group in _named_groups(graph):
         if name in plan:
-            _check_step(name, plan[name], _channel_step(group))
-            kept[name] = _prune_group(group, importance, plan[name])
+            kept[name] = _prune_group(name, group, importance, plan[name])
     model.zero_grad(set_to_none=True)
     return kept
 
@@ -129,17 +128,15 @@ def _channel_step(group) -> int:
     return math.lcm(1, *(norm.num_groups for norm in norms))
 
 
-def _check_step(name: str, keep: int, step: int) -> None:
-    if keep % step:
-        message = f"layer group {name} feeds a GroupNorm of {step} groups, so it cannot keep {keep} channels"
-        raise UserError(f"{message}: set channels.round_to to a multiple of {step} in the search space")
+def _prune_group(name: str, group, importance, keep: int) -> list[int]:
+    """Remove all but the ``keep`` most important channels of ``group``; return the kept ones.
 
-
-def _prune_group(group, importance, keep: int) -> list[int]:
-    """Remove all but the ``keep`` most important channels of ``group``; return the kept ones."""
+    An importance that cannot score the group ("bn" without a BatchNorm) raises UserError.
+    """
     scores = importance(group)
-    if scores is None:  # e.g. "bn" on a group without BatchNorm: fall back to magnitude
-        scores = _L1(group)
+    if scores is None:
+        raise UserError(f"importance 'bn' needs a BatchNorm after layer group {name}, which has none: "
+                        "use importance 'l1' (weight magnitude) for this model")
     ranked = torch.argsort(scores, descending=True, stable=True).tolist()
     if len(ranked) > keep:
         group.prune(sorted(ranked[keep:]))
@@ -150,7 +147,8 @@ def _list_groups(graph: tp.DependencyGraph) -> list[LayerGroup]:
     """Every group of the graph's model as a :class:`LayerGroup`, in module order."""
     order = {name: i for i, (name, _) in enumerate(graph.model.named_modules())}
     groups = [
-        LayerGroup(name, name.split(".")[0], graph.get_out_channels(root)) for name, root, _ in _named_groups(graph)
+        LayerGroup(name, name.split(".")[0], graph.get_out_channels(root), _channel_step(group))
+        for name, root, group in _named_groups(graph)
     ]
     return sorted(groups, key=lambda g: order[g.name])
 

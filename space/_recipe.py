@@ -6,6 +6,7 @@ pruned modules are never pickled: only their state dicts are saved.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
@@ -23,12 +24,14 @@ class LayerGroup:
     ``name`` is the module path of that layer (``"enc2.conv1"``, ``"up3"``); when a group
     couples several layers (a residual addition), it is the first of them in the model's
     module order. ``stage`` is the first component of ``name``; ``channels`` is the
-    group's output channels in the unpruned model.
+    group's output channels in the unpruned model; ``step`` divides every channel count
+    the group may keep (the group count of a GroupNorm it feeds; 1 for most layers).
     """
 
     name: str
     stage: str
     channels: int
+    step: int = 1
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ def kept_channels(channels: int, ratio: float, round_to: int = 1, min_channels: 
 def channel_plan(groups: Sequence[LayerGroup], recipe: Recipe) -> dict[str, int]:
     """Kept channels per group name: exactly what :func:`apply_recipe` will produce.
 
+    Counts are rounded to multiples of both ``recipe.round_to`` and the group's ``step``.
+
     A name in ``recipe.keep`` that is not one of ``groups`` raises :class:`UserError`.
     """
     names = [g.name for g in groups]
@@ -105,7 +110,8 @@ def channel_plan(groups: Sequence[LayerGroup], recipe: Recipe) -> dict[str, int]
             f"use names from layer_groups(), e.g. {', '.join(names[:4])}"
         )
     ratios = {g.name: recipe.keep.get(g.name, 1.0) * recipe.width for g in groups}
-    return {g.name: kept_channels(g.channels, ratios[g.name], recipe.round_to, recipe.min_channels) for g in groups}
+    return {g.name: kept_channels(g.channels, ratios[g.name], math.lcm(recipe.round_to, g.step), recipe.min_channels)
+            for g in groups}
 
 
 def without_ignored(groups: Sequence[LayerGroup], ignore: Sequence[str]) -> list[LayerGroup]:

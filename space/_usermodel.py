@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -30,6 +31,24 @@ def load_user_model(spec: str, state_dict_path: str | None = None) -> nn.Module:
     if state_dict_path is not None:
         _load_state_dict(model, state_dict_path, spec)
     return model
+
+
+def model_digest(spec: str) -> str | None:
+    """The sha256 of the file that defines a ``module:Class`` or ``file.py:Class`` model;
+    None for a preset name or a module whose file cannot be found (nothing is imported
+    for a file path)."""
+    location, _, _ = spec.rpartition(":")
+    if not location:
+        return None
+    if location.endswith(".py"):
+        path = Path(location)
+    else:
+        try:
+            found = importlib.util.find_spec(location)
+        except (ImportError, ValueError):
+            return None
+        path = Path(found.origin) if found and found.origin else None
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path and path.is_file() else None
 
 
 def first_output(cls: type[nn.Module]) -> type[nn.Module]:

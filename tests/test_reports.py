@@ -21,7 +21,7 @@ from PIL import Image
 from plotly.offline import get_plotlyjs
 
 from autosculpt.reports import QualitativeSample, get_report_data, render_report, write_report
-from autosculpt.reports._data import mask_url
+from autosculpt.search.storage import masked
 from autosculpt.reports._samples import CLASS_COLOURS, sample_pngs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -187,9 +187,11 @@ def test_importance_is_explained_when_it_cannot_be_computed(tmp_path, monkeypatc
     ("postgresql://user@host/db", "postgresql://user@host/db"),
     ("sqlite:///studies/x.db", "sqlite:///studies/x.db"),
     ("not a url", "not a url"),
+    ("not a url://alice:s3cret-pw@", "not a url://alice:***@"),  # malformed: parsing fails, the password is still hidden
+    ("postgresql+psycopg://alice:p@ss:word@db:5432/x", "postgresql+psycopg://alice:***@db:5432/x"),
 ])
-def test_mask_url(url, shown):
-    assert mask_url(url) == shown
+def test_one_masking_function_hides_passwords_even_in_malformed_urls(url, shown):
+    assert masked(url) == shown
 
 
 def test_samples_are_coloured_png_overlays():

@@ -198,3 +198,14 @@ def test_ctrl_c_marks_the_trial_failed_and_prints_resume(tmp_path):
     study = optuna.load_study(study_name="interrupted", storage=url)
     assert study.trials[running.number].state == optuna.trial.TrialState.FAIL
 
+
+
+def test_resume_timeout_gives_more_time_after_the_limit_ran_out(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    done = run_cli("search", *SMOKE, "--budget-ms", "50", "--timeout", "1", "--polish-epochs", "0", "--study", "late",
+                   "--storage", url, "--out", str(tmp_path / "late"))
+    assert done.returncode in FLOW, done.stderr
+    assert len(counted(url, "late")) == 1  # the limit ran out during the first trial
+    done = run_cli("resume", "late", "--storage", url, "--timeout", "5", "--trials", "1", "--out", str(tmp_path / "late"))
+    assert done.returncode in FLOW, done.stderr
+    assert len(counted(url, "late")) == 2  # 5 s from now, although more than 5 s passed since the study started

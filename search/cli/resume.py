@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import fields, replace
 
 from ..errors import UserError
@@ -16,6 +17,7 @@ from .search import settings_given, storage_flag
 EXAMPLES = [
     "autosculpt resume unet-20ms-20261125-011200",
     "autosculpt resume paper-5ms --trials 50            # 50 more trials",
+    "autosculpt resume paper-5ms --timeout 3600         # one more hour, also after the time limit ran out",
     "autosculpt resume paper-5ms --budget-ms 8 --force  # change a stored setting",
 ]
 
@@ -44,11 +46,14 @@ def run(args) -> int:
 
 
 def merged_settings(study, stored: Settings, args) -> Settings:
-    """The stored settings with what the user gave: ``--trials N`` adds N trials; a changed
-    setting that alters what a trial means is refused unless ``--force``."""
+    """The stored settings with what the user gave: ``--trials N`` adds N trials and
+    ``--timeout S`` S seconds from now; a changed setting that alters what a trial means
+    is refused unless ``--force``."""
     given = {k: v for k, v in settings_given(args).items() if v is not None and k in {f.name for f in fields(Settings)}}
     if "trials" in given:
         given["trials"] = counted_trials(study) + given["trials"]
+    if "timeout_s" in given:
+        given["timeout_s"] += time.time() - study.user_attrs.get("started_at", time.time())
     changed = {k for k, v in given.items() if getattr(stored, k) != v}
     refused = sorted(changed - FREE_TO_CHANGE)
     if refused and not args.force:
