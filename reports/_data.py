@@ -17,8 +17,8 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.engine import make_url
 
+from ..search.storage import masked
 from ._search_info import SearchInfo, get_search_info
 
 # Trial phases whose seconds the search stores as ``time_<phase>_s`` user attributes.
@@ -466,7 +466,7 @@ def _importance(study: optuna.Study, objective: str, target: Callable[[FrozenTri
 
 def _get_commands(name: str, storage: str | None, rows: list[TrialRow], export: dict) -> list[tuple[str, str]]:
     """Shell commands (password masked) to resume the study and export another trial."""
-    where = f" --storage {shlex.quote(mask_url(storage))}" if storage else " --storage URL"
+    where = f" --storage {shlex.quote(masked(storage))}" if storage else " --storage URL"
     exported = _int(export.get("trial"))
     others = [r.number for r in _ranked_feasible(rows) if r.number != exported]
     trial = str(others[0]) if others else "N"
@@ -475,15 +475,6 @@ def _get_commands(name: str, storage: str | None, rows: list[TrialRow], export: 
         ("Resume the study", f"autosculpt resume {quoted}{where}"),
         ("Export another trial", f"autosculpt export {quoted}{where} --trial {trial} --out export-trial-{trial}"),
     ]
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password shown as ``***``; strings that are not URLs unchanged."""
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return url
-    return parsed.render_as_string(hide_password=True) if parsed.password is not None else url
 
 
 def _flatten(values: dict, prefix: str = "") -> list[tuple[str, str]]:
@@ -504,7 +495,7 @@ def _text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_text(v) for v in value)
     if isinstance(value, str) and "://" in value:
-        return mask_url(value)
+        return masked(value)
     return str(value)
 
 
