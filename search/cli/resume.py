@@ -12,7 +12,7 @@ from ..storage import storage_url
 from ..study import open_existing, prepare
 from ._common import add_command, add_search_options, add_storage_option
 from ._session import console, finish_study, run_workers
-from .search import settings_given, storage_flag
+from .search import VERDICT_HELP, settings_given, storage_flag
 
 EXAMPLES = [
     "autosculpt resume unet-20ms-20261125-011200",
@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument("--force", action="store_true", help="accept settings that differ from the stored ones")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes (default 1)")
     parser.add_argument("--out", metavar="DIR", help="where to export the best model and report (default exports/NAME)")
+    parser.epilog += VERDICT_HELP
 
 
 def run(args) -> int:
