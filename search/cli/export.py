@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--budget-ms", type=float, metavar="MS", help="pick the best trial within this budget instead of the study's")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.epilog += (f"\n\nexit status: 0 when the model meets the budget and the study's --max-dice-loss; "
-                      f"{EXIT_VERDICT_FAILED} when it was\nwritten but misses either (the last line says which); 1 on an error.")
+                      f"{EXIT_VERDICT_FAILED} when it was\nwritten but misses either (the last line says which); 2 on bad input.")
 
 
 def run(args) -> int:

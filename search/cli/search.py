@@ -42,7 +42,8 @@ VERDICT_HELP = f"""
 
 exit status:
   0  the exported model meets the budget (median latency, re-measured) and --max-dice-loss (test Dice)
-  1  an error, or no trial within the budget (nothing exported)
+  1  no trial within the budget: nothing exported (the last line says how fast the fastest was)
+  2  bad input: a one-line error naming the problem and the fix
   {EXIT_VERDICT_FAILED}  a model was exported but misses the budget or loses more Dice than allowed:
      the last line says so and gives the trade-off the study found
   130  interrupted (Ctrl-C); resume with autosculpt resume NAME"""
