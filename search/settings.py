@@ -23,6 +23,8 @@ class Settings:
     most a trial fine-tunes (the pruner stops most earlier); the winner is polished for
     ``polish_epochs`` (default three times ``epochs``). The verdict fails a model that
     loses more than ``max_dice_loss`` percent of the baseline's test Dice.
+    ``group_by`` is the regex that groups an images/ folder's files into patients
+    (None: by subfolder, or by file name up to the first ``_``).
     ``model_sha256`` is the digest of the file defining a user's model class when the
     study was created: workers refuse to import a different one.
     """
@@ -35,6 +37,7 @@ class Settings:
     data: str | None = None
     image_size: int = 96
     patients: int | None = None
+    group_by: str | None = None
     space: str = "per-layer"
     space_spec: dict = field(default_factory=dict)
     target: dict = field(default_factory=dict)

@@ -67,7 +67,8 @@ def prepare(settings: Settings) -> Context:
     refused (:class:`UserError`) before its baseline trains.
     """
     _check_model_file(settings)
-    data = load_data(settings.data, image_size=settings.image_size, seed=settings.seed, patients=settings.patients)
+    data = load_data(settings.data, image_size=settings.image_size, seed=settings.seed, patients=settings.patients,
+                     group_by=settings.group_by)
     example = example_input(data)
     space = SearchSpace.from_dict(settings.space_spec)
     untrained = build_model(settings.model, data, settings.weights)

@@ -49,6 +49,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="PRESET|module:Class", help="unet (default), unet-paper, unet-small, unet-tiny, or your class")
     parser.add_argument("--weights", metavar="FILE", help="state dict of your model (loaded with weights_only=True)")
     parser.add_argument("--data", metavar="PATH", help="ACDC folder or images/+masks/ folder (default: generated cardiac MRI)")
+    parser.add_argument("--group-by", metavar="REGEX", help="patient of an images/ file: the regex's first group in its path (default: subfolder, or name up to the first _)")
     parser.add_argument("--size", type=int, dest="image_size", metavar="N", help="input size N x N, a multiple of 16 (default 96)")
     parser.add_argument("--space", metavar="FILE|PRESET", help="search space: per-layer (default), per-stage, uniform, or a TOML file")
     parser.add_argument("--target", metavar="URL", help="remote latency agent http://HOST:PORT (token in $AUTOSCULPT_AGENT_TOKEN)")

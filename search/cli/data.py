@@ -53,23 +53,26 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--size", type=int, default=96, help="image side in pixels, a multiple of 16 (default: 96)")
     parser.add_argument("--seed", type=int, default=0, help="seed of generation and splits (default: 0)")
+    parser.add_argument("--group-by", metavar="REGEX",
+                        help="patient of an images/ file: the regex's first group in its path (default: its subfolder, "
+                             "or its name up to the first _)")
 
 
 def _preview(args: argparse.Namespace) -> int:
-    data = load_data(args.data, image_size=args.size, seed=args.seed)
+    data = load_data(args.data, image_size=args.size, seed=args.seed, group_by=args.group_by)
     out = save_preview(data, args.out, count=args.count, split=args.split)
     print(f"wrote {out}")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-    summary = load_data(args.data, image_size=args.size, seed=args.seed).describe()
+    summary = load_data(args.data, image_size=args.size, seed=args.seed, group_by=args.group_by).describe()
     table = Table(title="data", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     table.add_row("source", summary["source"])
     for name, split in summary["splits"].items():
-        table.add_row(name, f"{split['slices']} slices from {split['groups']} patients/files")
+        table.add_row(name, f"{split['slices']} slices from {split['groups']} patients")
     table.add_row("image size", " x ".join(map(str, summary["image_size"])))
     table.add_row("channels", str(summary["in_channels"]))
     table.add_row("classes", ", ".join(f"{i} {name}" for i, name in enumerate(summary["class_names"])))

@@ -26,8 +26,12 @@ LAYOUTS = "patientNNN/ folders of NIfTI volumes (ACDC) or images/ and masks/ fol
 _ACDC_FILE = re.compile(r"^(patient\d+_frame\d+)(_gt)?\.nii(\.gz)?$")
 
 
-def read_folder(root: Path, image_size: int) -> Slices:
-    """Read ``root`` in whichever layout it has: ACDC first, then images/ and masks/."""
+def read_folder(root: Path, image_size: int, group_by: str | None = None) -> Slices:
+    """Read ``root`` in whichever layout it has: ACDC first, then images/ and masks/.
+
+    ``group_by`` (a regex, see :func:`group_of`) regroups images/+masks/ slices; ACDC is
+    grouped by patient folder, so a ``group_by`` there is refused.
+    """
     if not root.exists():
         raise UserError(f"{root}: no such folder: check the path, or leave out --data to use the generated set")
     if not root.is_dir():
@@ -36,10 +40,45 @@ def read_folder(root: Path, image_size: int) -> Slices:
         raise UserError(f"{root}: empty folder: put {LAYOUTS} in it")
     patients = sorted(p for p in [*root.glob("patient*"), *root.glob("*/patient*")] if p.is_dir())
     if patients:
+        if group_by is not None:
+            raise UserError(f"{root}: --group-by with ACDC data, which is grouped by patient folder: drop --group-by")
         return _read_acdc(patients, image_size)
     if (root / "images").is_dir() or (root / "masks").is_dir():
-        return _read_pairs(root, image_size)
+        return _read_pairs(root, image_size, compile_group_by(group_by))
     raise UserError(f"{root}: matches neither layout: expected {LAYOUTS}")
+
+
+def compile_group_by(pattern: str | None) -> re.Pattern | None:
+    """``--group-by``'s regex compiled (None stays None); an invalid one is a :class:`UserError`."""
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as error:
+        raise UserError(f"--group-by '{pattern}': invalid regex ({error}): fix it, e.g. '^(p\\d+)_'") from None
+
+
+def group_of(name: str, file: Path, group_by: re.Pattern | None) -> str:
+    """The patient (group) of the slice whose path under images/, without suffix, is ``name``.
+
+    With ``group_by`` it is the regex's first capture group (the whole match when it has
+    none) searched in ``name``; a file it does not match is a :class:`UserError`.
+    Otherwise it is the first folder of ``name`` (``p012/s7`` -> ``p012``) or, for a file
+    directly in images/, its stem before the first ``_`` (``p012_s7`` -> ``p012``; a
+    stem without ``_`` is its own group).  Slices of one group never share two splits.
+    """
+    if group_by is not None:
+        match = group_by.search(name)
+        group = match and (match.group(1) if group_by.groups else match.group(0))
+        if not group:
+            raise UserError(
+                f"{file}: --group-by '{group_by.pattern}' finds no patient in {name!r}: "
+                "use a regex that matches every file's path under images/ (its first group is the patient)"
+            )
+        return group
+    if "/" in name:
+        return name.split("/")[0]
+    return name.split("_")[0] or name
 
 
 def fit(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,30 +167,32 @@ def _nifti(file: Path) -> np.ndarray:
     return volume
 
 
-def _read_pairs(root: Path, image_size: int) -> Slices:
-    """images/NAME.* with masks/NAME.png|tif; group = file stem, so a file is one group."""
+def _read_pairs(root: Path, image_size: int, group_by: re.Pattern | None) -> Slices:
+    """images/NAME.* with masks/NAME.png|tif, NAME a path that may hold folders
+    (images/PATIENT/SLICE.png); each slice's group (patient) is :func:`group_of`."""
     for folder in ("images", "masks"):
         if not (root / folder).is_dir():
             raise UserError(f"{root}: has no {folder}/ folder: add {folder}/ with one file per slice, same names")
-    images = _files_by_stem(root / "images", IMAGE_SUFFIXES)
-    masks = _files_by_stem(root / "masks", MASK_SUFFIXES)
+    images = _files_by_name(root / "images", IMAGE_SUFFIXES)
+    masks = _files_by_name(root / "masks", MASK_SUFFIXES)
     if unmatched := sorted(images.keys() - masks.keys()):
-        stem = unmatched[0]
-        raise UserError(f"{images[stem]}: image without mask: add masks/{stem}.png or remove the image")
+        name = unmatched[0]
+        raise UserError(f"{images[name]}: image without mask: add masks/{name}.png or remove the image")
     if unmatched := sorted(masks.keys() - images.keys()):
-        stem = unmatched[0]
-        raise UserError(f"{masks[stem]}: mask without image: add images/{stem}.png or remove the mask")
+        name = unmatched[0]
+        raise UserError(f"{masks[name]}: mask without image: add images/{name}.png or remove the mask")
+    groups = tuple(group_of(name, images[name], group_by) for name in sorted(images))
     class_names = _class_names(root)
     fix = "fix the mask or add the class's name to classes.txt"
     pairs = []
-    for stem in sorted(images):
-        image, mask = read_image(images[stem]), _mask(masks[stem])
+    for name in sorted(images):
+        image, mask = read_image(images[name]), _mask(masks[name])
         if image.shape != mask.shape:
             raise UserError(
-                f"{masks[stem]}: size {mask.shape[1]}x{mask.shape[0]} differs from its image "
-                f"{images[stem].name} {image.shape[1]}x{image.shape[0]}: resize the mask (nearest) to the image"
+                f"{masks[name]}: size {mask.shape[1]}x{mask.shape[0]} differs from its image "
+                f"{images[name].name} {image.shape[1]}x{image.shape[0]}: resize the mask (nearest) to the image"
             )
-        check_labels(masks[stem], mask, len(class_names) if class_names else None, fix)
+        check_labels(masks[name], mask, len(class_names) if class_names else None, fix)
         pairs.append(fit(image[None], mask[None], image_size))
     if class_names is None:
         top = max(int(fitted_mask.max()) for _, fitted_mask in pairs)
@@ -159,25 +200,29 @@ def _read_pairs(root: Path, image_size: int) -> Slices:
     return Slices(
         np.concatenate([image for image, _ in pairs]),
         np.concatenate([mask for _, mask in pairs]),
-        tuple(sorted(images)),
+        groups,
         class_names,
     )
 
 
-def _files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
-    """Files in ``folder`` with one of ``suffixes``, by stem; hidden files are skipped."""
+def _files_by_name(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """Files under ``folder`` (subfolders too) with one of ``suffixes``, by their path
+    relative to ``folder`` without suffix, with ``/`` separators (``p012/s7``); hidden
+    files and folders are skipped."""
     files: dict[str, Path] = {}
-    for file in sorted(folder.iterdir()):
+    for file in sorted(folder.rglob("*")):
+        relative = file.relative_to(folder)
         suffix = file.suffix.lower()
-        if file.name.startswith(".") or not file.is_file():
+        if any(part.startswith(".") for part in relative.parts) or not file.is_file():
             continue
         if folder.name == "masks" and suffix in (".jpg", ".jpeg"):
             raise UserError(f"{file}: JPEG mask: JPEG blurs labels, save the mask as PNG")
         if suffix not in suffixes:
             continue
-        if file.stem in files:
-            raise UserError(f"{file}: same name as {files[file.stem].name}: keep one file per slice name")
-        files[file.stem] = file
+        name = relative.with_suffix("").as_posix()
+        if name in files:
+            raise UserError(f"{file}: same name as {files[name].name}: keep one file per slice name")
+        files[name] = file
     if not files:
         kinds = "PNG, TIFF or JPEG images" if folder.name == "images" else "PNG or TIFF masks"
         raise UserError(f"{folder}: no {kinds}: add one file per slice")

@@ -23,21 +23,32 @@ _GENERATOR_ID = hashlib.sha256(Path(_cardiac.__file__).read_bytes()).hexdigest()
 
 
 def load_data(
-    path: str | os.PathLike | None = None, *, image_size: int = 96, seed: int = 0, patients: int | None = None
+    path: str | os.PathLike | None = None,
+    *,
+    image_size: int = 96,
+    seed: int = 0,
+    patients: int | None = None,
+    group_by: str | None = None,
 ) -> SegmentationData:
     """The data set a search trains and scores on, split by patient into train/val/test.
 
     ``path`` None gives the generated cardiac set (``patients`` patients, default 60,
     cached on disk); a folder gives its ACDC or images/+masks/ data, and ``patients``
-    is then ignored (so a preset may set it).  Every slice is fitted to ``image_size``
-    square (a multiple of 16) and normalised per image.  The same arguments always give
-    the same tensors.  Bad settings or data raise :class:`UserError`.
+    is then ignored (so a preset may set it).  An images/+masks/ folder is grouped into
+    patients by subfolder (images/PATIENT/NAME.png) or by file name up to the first
+    ``_`` (images/PATIENT_NAME.png), or by ``group_by``, a regex whose first group is the
+    patient (see ``_files.group_of``); ``group_by`` with ACDC or generated data is
+    refused.  Every slice is fitted to ``image_size`` square (a multiple of 16) and
+    normalised per image.  The same arguments always give the same tensors, and the
+    fingerprint covers the groups.  Bad settings or data raise :class:`UserError`.
     """
     _check_settings(image_size, seed, patients)
     if path is None:
+        if group_by is not None:
+            raise UserError("--group-by without --data: the generated set is grouped by patient; drop --group-by")
         slices = _generated(image_size, seed, patients or DEFAULT_PATIENTS)
     else:
-        slices = read_folder(Path(path), image_size)
+        slices = read_folder(Path(path), image_size, group_by)
     return _assemble(slices, seed, "generated" if path is None else str(path))
 
 
@@ -75,7 +86,10 @@ def split_groups(groups: tuple[str, ...], seed: int) -> dict[str, set[str]]:
     and test, at least one each; a group (patient) is in exactly one split."""
     distinct = sorted(set(groups))
     if len(distinct) < 3:
-        raise UserError(f"only {len(distinct)} patients or files: train, val and test need at least 3, add data")
+        raise UserError(
+            f"only {len(distinct)} patients: train, val and test need at least 3: add data, "
+            "or check how images/ files are grouped into patients (--group-by)"
+        )
     order = [distinct[i] for i in np.random.default_rng(seed).permutation(len(distinct))]
     sizes = {name: max(1, round(fraction * len(distinct))) for name, fraction in FRACTIONS.items()}
     val_end = sizes["val"]

@@ -15,7 +15,7 @@ class Slices(NamedTuple):
     """What a reader hands to the loader: every slice at the final size, before splitting.
 
     ``images`` float32 (N, H, W) in raw intensities, ``masks`` integer (N, H, W) in
-    ``[0, len(class_names))``, ``groups`` the patient id or file stem of each slice.
+    ``[0, len(class_names))``, ``groups`` the patient (group) of each slice.
     """
 
     images: np.ndarray
@@ -29,7 +29,7 @@ class Slices(NamedTuple):
 class Split:
     """One split: ``images`` float32 (N, C, H, W), each normalised to zero mean and unit
     std over the image; ``masks`` int64 (N, H, W) holding labels in ``[0, num_classes)``;
-    ``groups`` the patient id (or file stem) of each slice, so no group is in two splits."""
+    ``groups`` the patient (group) of each slice, so no patient is in two splits."""
 
     images: torch.Tensor
     masks: torch.Tensor
