@@ -1,0 +1,127 @@
+"""How a model is scored: Dice's edge cases, the training loss, and which trial wins at a budget.
+
+Expected Dice figures are worked out by hand here, never with the product's own code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+import torch.nn.functional as F
+from optuna.trial import TrialState
+
+from autosculpt.search.data import Split
+from autosculpt.search.study import best_feasible
+from autosculpt.search.train import dice_counts, evaluate, scores_from_counts, segmentation_loss
+
+CLASSES = ("background", "organ", "lesion")
+
+
+def labels(*rows: str) -> torch.Tensor:
+    """A (1, H, W) label map from rows of digits, e.g. labels("0110", "0110")."""
+    return torch.tensor([[int(c) for c in row] for row in rows])[None]
+
+
+def dice(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    return scores_from_counts(dice_counts(pred, truth, len(CLASSES)), CLASSES).per_class
+
+
+# --- Dice -------------------------------------------------------------------------------
+
+
+def test_a_class_empty_in_truth_and_prediction_scores_one():
+    truth = labels("0110", "0110")
+    pred = labels("0100", "0110")
+    scores = dice(pred, truth)
+    assert scores["lesion"] == 1.0  # nowhere in either: nothing to get wrong
+    assert scores["organ"] == pytest.approx(2 * 3 / (3 + 4))
+
+
+def test_a_class_absent_from_the_split_but_predicted_scores_zero():
+    truth = torch.cat([labels("0110", "0110"), labels("0000", "0110")])
+    pred = torch.cat([labels("0112", "0110"), labels("0000", "0110")])  # one lesion pixel, no lesion anywhere
+    scores = scores_from_counts(dice_counts(pred, truth, len(CLASSES)), CLASSES)
+    assert scores.per_class == {"organ": 1.0, "lesion": 0.0}
+    assert scores.mean == 0.5
+
+
+def test_dice_is_pooled_over_the_split_not_averaged_per_slice():
+    # slice 1 perfect (4 organ pixels); slice 2 has no organ but 4 predicted:
+    # pooled 2*4 / (8 + 4) = 2/3, where a mean of per-slice Dice would give (1 + 0) / 2.
+    truth = torch.cat([labels("0110", "0110"), labels("0000", "0000")])
+    pred = torch.cat([labels("0110", "0110"), labels("0110", "0110")])
+    assert dice(pred, truth)["organ"] == pytest.approx(2 / 3)
+
+
+class Echo(torch.nn.Module):
+    """A 'model' whose prediction is its input: channel 0 holds the label map to predict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(x[:, 0].long(), len(CLASSES)).permute(0, 3, 1, 2).float()
+
+
+def test_evaluate_scores_the_models_argmax_over_the_split():
+    truth = torch.cat([labels("0110", "0220"), labels("0000", "0110")])
+    pred = torch.cat([labels("0110", "0200"), labels("0000", "0000")])
+    split = Split(images=pred[:, None].float(), masks=truth, groups=("p1", "p2"))
+    scores = evaluate(Echo(), split, CLASSES)
+    # organ: 2 right of 2 predicted and 4 true; lesion: 1 right of 1 predicted and 2 true
+    assert scores.per_class == pytest.approx({"organ": 2 * 2 / (2 + 4), "lesion": 2 * 1 / (1 + 2)})
+    assert scores.mean == pytest.approx((4 / 6 + 2 / 3) / 2)
+
+
+# --- the training loss ------------------------------------------------------------------
+
+
+def test_loss_is_finite_and_lower_for_a_perfect_prediction():
+    truth = torch.cat([labels("0110", "0110"), labels("0000", "0000")])  # lesion in no slice
+    perfect = 10 * F.one_hot(truth, 3).permute(0, 3, 1, 2).float()
+    wrong = 10 * F.one_hot((truth + 1) % 3, 3).permute(0, 3, 1, 2).float()
+    good, bad = segmentation_loss(perfect, truth), segmentation_loss(wrong, truth)
+    assert math.isfinite(good.item()) and math.isfinite(bad.item())
+    assert good.item() < bad.item()
+
+
+def test_one_optimizer_step_lowers_the_loss_of_a_tiny_net():
+    torch.manual_seed(0)
+    images = torch.randn(4, 1, 16, 16)
+    masks = (images[:, 0] > 0.5).long() + (images[:, 0] > 1.5).long()  # 3 classes from intensity
+    net = torch.nn.Conv2d(1, 3, 3, padding=1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = segmentation_loss(net(images), masks)
+    optimizer.zero_grad()
+    before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = segmentation_loss(net(images), masks)
+    assert math.isfinite(before.item()) and after.item() < before.item()
+
+
+# --- which trial wins at a budget -------------------------------------------------------
+
+
+def trial(value: float, latency_ms: float, finetuned: bool = True, state=TrialState.COMPLETE):
+    attrs = {"finetuned": finetuned, "latency_ms": latency_ms}
+    return optuna.trial.create_trial(value=value, user_attrs=attrs, state=state)
+
+
+def test_best_feasible_picks_the_best_finetuned_complete_trial_within_the_budget():
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("settings", {"budget_ms": 10.0})
+    for t in [
+        trial(0.90, 12.0),  # over the study's budget
+        trial(0.80, 9.0),
+        trial(0.80, 7.0),  # same Dice, faster
+        trial(0.85, 10.0),  # exactly at the budget: within it
+        trial(0.95, 5.0, finetuned=False),  # not fine-tuned: its Dice is not comparable
+        trial(0.99, 3.0, state=TrialState.PRUNED),  # stopped early
+    ]:
+        study.add_trial(t)
+    assert best_feasible(study).user_attrs["latency_ms"] == 10.0  # the study's own budget, inclusive
+    at_9_5 = best_feasible(study, 9.5)
+    assert (at_9_5.value, at_9_5.user_attrs["latency_ms"]) == (0.80, 7.0)  # a tie goes to the faster
+    assert best_feasible(study, 20.0).value == 0.90  # another budget reads the same study
+    assert best_feasible(study, 1.0) is None
