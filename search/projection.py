@@ -177,24 +177,42 @@ def project(plan_of: Callable[[float], dict[str, int]], cost_of: Callable[[dict[
 
 def _width_for(aim_ms: float, model: LatencyModel, plan_of, cost_of, low: float, high: float,
                tried: list[dict]) -> float | None:
-    """The widest width in (low, high) whose plan the model predicts within ``aim_ms``, or the
-    middle of the bounds when that plan was tried already; None when neither is untried."""
+    """The next width to measure, strictly between ``low`` and ``high``, whose plan is untried.
+
+    The widest width whose plan the model predicts within ``aim_ms``; when even the next
+    plan above ``low`` is predicted over it (channel counts move in steps), that next plan,
+    the smallest step up; then the middle of the bounds. None when none is untried.
+    """
     top = min(high, 1.0)
 
     def fits(width: float) -> bool:
         return model.predict(cost_of(plan_of(width))) <= aim_ms
 
+    candidates = []
     if fits(top):
-        width = top
+        candidates.append(top)
     else:
         a, b = low, top  # fits(a) or a is the lower bound; never fits(b)
         for _ in range(30):
             middle = (a + b) / 2
             a, b = (middle, b) if fits(middle) else (a, middle)
-        width = a if a > low else (low + top) / 2
-    for candidate in (width, (low + top) / 2):
-        if low < candidate < high and plan_of(candidate) not in tried:
+        if a > low:
+            candidates.append(a)
+    candidates += [_next_plan_above(low, top, plan_of), (low + top) / 2]
+    for candidate in candidates:
+        if candidate is not None and low < candidate < high and plan_of(candidate) not in tried:
             return candidate
+    return None
+
+
+def _next_plan_above(low: float, top: float, plan_of, factor: float = 1.01) -> float | None:
+    """The smallest width above ``low`` (in 1 % steps, at most ``top``) whose plan differs from ``low``'s."""
+    start = plan_of(low) if low > 0 else None
+    width = max(low, 1e-3)
+    while width < top:
+        width = min(width * factor, top)
+        if plan_of(width) != start:
+            return width
     return None
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autosculpt.search.latency import MAX_MEASUREMENTS, LatencyStats, Target, clear_of, measure, pooled
-from autosculpt.search.projection import (BAND, MAX_PROBES, CostModel, LatencyCache, LatencyModel, chosen,
+from autosculpt.search.projection import (BAND, MAX_PROBES, CostModel, LatencyCache, LatencyModel, _width_for, chosen,
                                           project)
 from autosculpt.search.verdict import Verdict
 from autosculpt.space import Recipe, UNet, channel_plan, layer_groups, preset_config
@@ -131,3 +131,13 @@ def test_verdict_fails_over_budget_or_beyond_the_allowed_dice_loss():
     lossy = Verdict(2.0, 1.9, 2.1, 0.80, 0.96, 5.0, "t")
     assert not lossy.ok and "loses more than 5 % Dice" in lossy.line()
     assert lossy.to_dict()["dice_loss_pct"] == pytest.approx(100 * (1 - 0.80 / 0.96))
+
+
+def test_when_every_larger_plan_is_predicted_over_the_aim_the_next_width_is_one_step_up():
+    """Channel counts move in steps: a step can jump past the aim (8 -> 12 channels can
+    double a small net's time). Then the next width is the next plan up, not the middle."""
+    low = 0.3
+    steep = LatencyModel(0.0, 8.0).through(cost_of(plan_of(low)), 0.99)  # the next plan is far over 1 ms
+    width = _width_for(1.0, steep, plan_of, cost_of, low, 1.0 + 1e-9, [plan_of(low)])
+    assert width > low and plan_of(width) != plan_of(low)
+    assert max(plan_of(width)[n] - plan_of(low)[n] for n in CHANNELS) == 4  # one rounding step
