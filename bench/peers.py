@@ -62,7 +62,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--prefix", help="study name prefix (default peers-<model>-<size>px)")
     parser.add_argument("--model", default=None, help="model preset (default unet; unet-tiny with --quick)")
     parser.add_argument("--trials", type=int, help="trials per arm and run (default 30; 3 with --quick)")
-    parser.add_argument("--runs", help="SPEEDUP:SEED,... (default 30:0,30:1,30:2,10:0,100:0; 2:0 with --quick)")
+    parser.add_argument("--runs", help="SPEEDUP:SEED,... (default 30:0,30:1,30:2,10:0,100:0; 1:0 with --quick: a tiny net has little to remove)")
     parser.add_argument("--space", default="per-layer", help="space of arms (b)-(d): a preset or .toml file")
     parser.add_argument("--arms", default="uniform,random,ours,cold,nni", help="comma-separated subset of the arms")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: unet-tiny, smoke data, 3 trials per arm")
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     url = args.storage or os.environ.get("AUTOSCULPT_BENCH_STORAGE") or (
         f"sqlite:///{tempfile.mkdtemp(prefix='peers-quick-')}/studies.db" if quick else "sqlite:///studies/bench.db")
     trials = args.trials or (3 if quick else 30)
-    runs = [tuple(float(x) for x in run.split(":")) for run in (args.runs or ("2:0" if quick else "30:0,30:1,30:2,10:0,100:0")).split(",")]
+    runs = [tuple(float(x) for x in run.split(":")) for run in (args.runs or ("1:0" if quick else "30:0,30:1,30:2,10:0,100:0")).split(",")]
     warm = 1 if quick else 4
     arms = {
         "uniform": dict(space="uniform", warm_start=1, trials=1, sampler=make_sampler),
