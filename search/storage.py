@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -121,10 +121,14 @@ class _Storage(RDBStorage):
         storage went away, whose worker then stopped, stayed RUNNING for ever and kept the
         study one trial short (seen in the outage test). Such a trial is stale once it
         started more than the grace period ago, as a live worker beats within one interval.
+        ``datetime_start`` is what Optuna wrote from its worker's local clock
+        (``datetime.now()``), so it is compared with this process's local clock, not the
+        database's (UTC in SQLite): workers of one study share a time zone, as Optuna's own
+        timestamps assume.
         """
         stale = super()._get_stale_trial_ids(study_id)
+        now = datetime.now()
         with self.scoped_session() as session:
-            now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
             running = (session.query(models.TrialModel)
                        .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
                        .filter(models.TrialModel.state == TrialState.RUNNING, models.TrialModel.study_id == study_id).all())

@@ -313,9 +313,20 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
 # --- the database going away ------------------------------------------------------------
 
 
-def test_a_trial_that_never_beat_is_failed_and_retried(storage_url):
+@pytest.fixture(params=["UTC", "Asia/Tokyo", "America/Los_Angeles"])
+def time_zone(request, monkeypatch):
+    """The process's local time zone: east of, at and west of UTC."""
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_trial_that_never_beat_is_failed_and_retried(storage_url, time_zone):
     """A trial created just before the storage went away, whose worker then stopped, has no
-    heartbeat at all; Optuna alone would leave it RUNNING and the study a trial short."""
+    heartbeat at all; Optuna alone would leave it RUNNING and the study a trial short.
+    In every time zone: Optuna stamps trials with the worker's local clock."""
     storage = _Storage(storage_url, heartbeat_interval=1, grace_period=1,
                        heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=1))
     study = optuna.create_study(storage=storage)
