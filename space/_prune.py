@@ -111,13 +111,16 @@ def prune_in_place(
     """
     graph = _graph(model, example_input)
     plan = channel_plan(without_ignored(_list_groups(graph), recipe.ignore), recipe)
+    if recipe.importance == "bn" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise UserError("importance 'bn' needs BatchNorm layers, and this model has none: "
+                        "use importance 'l1' (weight magnitude) or 'taylor'")
     if recipe.importance == "taylor":
         _backpropagate(model, calibration)
     importance = _IMPORTANCE[recipe.importance]
     kept = {}
     for name, _, group in _named_groups(graph):
         if name in plan:
-            kept[name] = _prune_group(name, group, importance, plan[name])
+            kept[name] = _prune_group(group, importance, plan[name])
     model.zero_grad(set_to_none=True)
     return kept
 
@@ -128,15 +131,15 @@ def _channel_step(group) -> int:
     return math.lcm(1, *(norm.num_groups for norm in norms))
 
 
-def _prune_group(name: str, group, importance, keep: int) -> list[int]:
+def _prune_group(group, importance, keep: int) -> list[int]:
     """Remove all but the ``keep`` most important channels of ``group``; return the kept ones.
 
-    An importance that cannot score the group ("bn" without a BatchNorm) raises UserError.
+    A group "bn" cannot score (no BatchNorm, e.g. a transposed convolution's) is ranked by
+    weight magnitude, as the space's documentation of "bn" says.
     """
     scores = importance(group)
     if scores is None:
-        raise UserError(f"importance 'bn' needs a BatchNorm after layer group {name}, which has none: "
-                        "use importance 'l1' (weight magnitude) for this model")
+        scores = _L1(group)
     ranked = torch.argsort(scores, descending=True, stable=True).tolist()
     if len(ranked) > keep:
         group.prune(sorted(ranked[keep:]))

@@ -172,7 +172,7 @@ def study_created(process: Background, name: str) -> bool:
 
 def assert_exact_and_whole(reader: Reader, name: str, trials: int, artifacts: Path) -> list[FrozenTrial]:
     """The study has exactly ``trials`` counted trials, unique numbers, nothing left running,
-    and every COMPLETE trial has its values, figures and stored weights."""
+    and every COMPLETE trial has its value, figures and (fine-tuned) stored weights."""
     everything = reader.trials(name)
     numbers = [t.number for t in everything]
     assert sorted(numbers) == list(range(len(everything))), f"duplicate or missing trial numbers: {numbers}"
@@ -182,9 +182,8 @@ def assert_exact_and_whole(reader: Reader, name: str, trials: int, artifacts: Pa
         if trial.state != TrialState.COMPLETE:
             continue
         attrs = trial.user_attrs
-        assert len(trial.values) == 2, trial.number
-        assert trial.values == [attrs["dice"], attrs["latency_ms"]], trial.number
-        assert attrs["finetuned"] and (artifacts / attrs["weights_artifact"]).is_file(), trial.number
+        assert trial.values == [attrs["dice"]] and attrs["latency_ms"] > 0, trial.number
+        assert not attrs["finetuned"] or (artifacts / attrs["weights_artifact"]).is_file(), trial.number
     return everything
 
 
