@@ -42,9 +42,9 @@ class Settings:
     space_spec: dict = field(default_factory=dict)
     target: dict = field(default_factory=dict)
     seed: int = 0
-    trials: int | None = 20
+    trials: int | None = 16
     timeout_s: float | None = None
-    epochs: int = 12
+    epochs: int = 8
     polish_epochs: int | None = None
     max_dice_loss: float = 5.0
     baseline_epochs: int | None = None

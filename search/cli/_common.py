@@ -44,7 +44,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="or: budget = the dense model's latency on the target / X, measured in the same harness")
     parser.add_argument("--max-dice-loss", type=float, metavar="PCT",
                         help="the verdict fails a model losing more test Dice than this, in percent (default 5)")
-    parser.add_argument("--trials", type=int, metavar="N", help="trials in the study, all workers together (default 20)")
+    parser.add_argument("--trials", type=int, metavar="N", help="trials in the study, all workers together (default 16)")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit of the study (default: none)")
     parser.add_argument("--model", metavar="PRESET|module:Class", help="unet (default), unet-paper, unet-small, unet-tiny, or your class")
     parser.add_argument("--weights", metavar="FILE", help="state dict of your model (loaded with weights_only=True)")
@@ -56,7 +56,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N", help="threads on the target (default 1)")
     parser.add_argument("--runtime", choices=("ort", "torch"), help="deployed runtime to measure (default ort = ONNX Runtime)")
     parser.add_argument("--epochs", type=int, metavar="N",
-                        help="most fine-tuning epochs of a trial; the pruner stops most after a quarter (default 12)")
+                        help="most fine-tuning epochs of a trial; the pruner stops two in three after 3/8 of them (default 8)")
     parser.add_argument("--polish-epochs", type=int, metavar="N", help="epochs of the winner's polish (default 3 x --epochs; 0: none)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the data, baseline and samplers (default 0)")
     parser.add_argument("--distill", type=float, metavar="W", help="weight of distillation from the baseline while fine-tuning (default 0: off)")
