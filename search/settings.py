@@ -42,7 +42,7 @@ class Settings:
     space_spec: dict = field(default_factory=dict)
     target: dict = field(default_factory=dict)
     seed: int = 0
-    trials: int | None = 16
+    trials: int | None = 12
     timeout_s: float | None = None
     epochs: int = 8
     polish_epochs: int | None = None

@@ -44,7 +44,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="or: budget = the dense model's latency on the target / X, measured in the same harness")
     parser.add_argument("--max-dice-loss", type=float, metavar="PCT",
                         help="the verdict fails a model losing more test Dice than this, in percent (default 5)")
-    parser.add_argument("--trials", type=int, metavar="N", help="trials in the study, all workers together (default 16)")
+    parser.add_argument("--trials", type=int, metavar="N", help="trials in the study, all workers together (default 12)")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit of the study (default: none)")
     parser.add_argument("--model", metavar="PRESET|module:Class", help="unet (default), unet-paper, unet-small, unet-tiny, or your class")
     parser.add_argument("--weights", metavar="FILE", help="state dict of your model (loaded with weights_only=True)")
