@@ -15,9 +15,9 @@ table shows where the trials' time went (see also ``bench/trials.py``).
 
 Defaults: 64x64 images (60 generated patients), a budget of 1 ms for ONNX Runtime at 1
 thread (the baseline took 61 ms here), 40 trials of 20 fine-tune epochs each. Space:
-``bench/paper-space.toml`` (per-layer keep ratios, 0.02..1 on a log scale). The warm start is
-the library's own: uniform candidates bracketing the budget, each with its capped twin of
-equal MACs (:func:`autosculpt.space.warm_start`). Tiny networks need that many fine-tune
+``bench/paper-space.toml`` (per-layer keep ratios, 0.02..1 on a log scale), each shape
+projected onto the budget. The warm start is the library's own: the uniform and capped
+shapes (:func:`autosculpt.space.warm_start`). Tiny networks need that many fine-tune
 epochs: an 8-channel network reached Dice 0.88 after 6 epochs and 0.93-0.94 after 20.
 """
 
@@ -48,8 +48,8 @@ def parse(argv=None) -> argparse.Namespace:
     add_study_options(parser)
     parser.add_argument("--study", help="study name (default: paper-<budget>ms-<size>px, or paper-quick)")
     parser.add_argument("--trials", type=int, help="total trials of the study (default 40; 3 with --quick)")
-    parser.add_argument("--warm-start", type=int, default=None, help="the library's warm start: uniform candidates "
-                        "bracketing the budget, each with a capped twin (default 3)")
+    parser.add_argument("--warm-start", type=int, default=None, help="the library's warm start: the uniform and "
+                        "capped shapes at the budget (default 3)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the final re-measurement")
     parser.add_argument("--quick", action="store_true", help="tiny CI run: unet-tiny, smoke data, 3 trials")
     return parser.parse_args(argv)
