@@ -22,7 +22,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from autosculpt.search.errors import UserError
+from autosculpt.errors import UserError
 from autosculpt.search.latency import LatencyStats, Target, measure_onnx
 from autosculpt.search.onnx_io import to_onnx
 from autosculpt.search.runner import make_sampler, run_worker

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import parse_qs, urlsplit
 
-from .errors import UserError
+from ..errors import UserError
 from .latency import TOKEN_ENV, Target, cpu_model, measure_onnx
 
 MAX_RUNS = 10_000

@@ -20,7 +20,7 @@ from torch import nn
 from ..space import PRESETS, UNet, load_user_model, preset_config
 from .cache import cache_dir
 from .data import SegmentationData
-from .errors import UserError
+from ..errors import UserError
 from .train import Schedule, Scores, evaluate, train
 
 # Epochs that take each preset's baseline to a mean foreground Dice of 0.9+ on the

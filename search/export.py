@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..reports import QualitativeSample
 from ..space import Recipe, figures, rebuild
 from .data import SegmentationData
-from .errors import UserError
+from ..errors import UserError
 from .latency import measure_onnx, pooled
 from .onnx_io import to_onnx
 from .polish import POLISH_ATTR, polished_weights

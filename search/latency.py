@@ -44,7 +44,7 @@ from statistics import median
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = [
     "LatencyStats", "MeasurementError", "Reference", "Target", "TargetUnavailable",

@@ -9,7 +9,7 @@ import onnxruntime
 from PIL import Image
 
 from .data import fit, grey_tile, normalise, overlay_tile, read_image
-from .errors import UserError
+from ..errors import UserError
 
 
 def load_session(model_dir: Path) -> onnxruntime.InferenceSession:

@@ -13,7 +13,7 @@ from typing import TypeVar
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .errors import UserError
+from ..errors import UserError
 from .latency import TargetUnavailable
 from .progress import LiveView
 from .settings import Settings

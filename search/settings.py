@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from ..space import SearchSpace, model_digest
-from .errors import UserError
+from ..errors import UserError
 from .latency import Target
 
 SETTINGS_ATTR = "settings"

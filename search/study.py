@@ -29,7 +29,7 @@ from ..space import (Figures, LayerGroup, Recipe, SearchSpace, apply_recipe, cha
                      model_digest, warm_start)
 from .baseline import Baseline, build_model, example_input, get_baseline
 from .data import SegmentationData, load_data
-from .errors import UserError
+from ..errors import UserError
 from .latency import LatencyStats, Reference, Target, TargetUnavailable, clear_of, cpu_model, measure, pooled
 from .onnx_io import to_onnx
 from .projection import CostModel, LatencyCache, LatencyModel, chosen, project

@@ -9,7 +9,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..search.errors import UserError
+from ..errors import UserError
 from ._prune import layer_groups
 from ._recipe import LayerGroup
 

@@ -21,7 +21,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn import functional as F
 
-from ..search.errors import UserError
+from ..errors import UserError
 from ._errors import brief
 from ._recipe import LayerGroup, Recipe, channel_plan, without_ignored
 from ._tp_patch import UntracedConcatInput, decouple_broadcasts, recording_shapes

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
-from ..search.errors import UserError
+from ..errors import UserError
 from .unet import round_channels
 
 METHODS = ("prune", "scale")

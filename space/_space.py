@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..search.errors import UserError
+from ..errors import UserError
 from ._recipe import IMPORTANCES, METHODS, LayerGroup, Recipe, is_ignored
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..search.errors import UserError
+from ..errors import UserError
 from ._errors import brief
 
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 from onnx import TensorProto, helper
 
-from autosculpt.search.errors import UserError
+from autosculpt.errors import UserError
 from autosculpt.search.latency import Target, TargetUnavailable, agent_info, measure
 from autosculpt.space.unet import UNet, preset_config
 

@@ -15,7 +15,7 @@ from PIL import Image
 from autosculpt.search.data import SegmentationData, load_data, save_preview
 from autosculpt.search.data import _cardiac
 from autosculpt.search.data._files import fit
-from autosculpt.search.errors import UserError
+from autosculpt.errors import UserError
 
 SMALL = {"image_size": 32, "patients": 8}
 

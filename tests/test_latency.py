@@ -11,7 +11,7 @@ import torch
 from conftest import run_cli
 
 from autosculpt.search.cli import main
-from autosculpt.search.errors import UserError
+from autosculpt.errors import UserError
 from autosculpt.search.latency import LatencyStats, MeasurementError, Target, measure, measure_onnx
 from autosculpt.search.onnx_io import onnx_input_shape, to_onnx
 from autosculpt.space.unet import UNet, preset_config

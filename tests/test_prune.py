@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autosculpt.search.errors import UserError
+from autosculpt.errors import UserError
 from autosculpt.space import (
     Figures,
     Recipe,

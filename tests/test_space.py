@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from autosculpt.search.errors import UserError
+from autosculpt.errors import UserError
 from autosculpt.space import (LayerGroup, Recipe, SearchSpace, UNet, apply_recipe, channel_plan, figures, layer_groups, preset_config,
                               warm_start)
 from autosculpt.space._space import PRESETS_DIR

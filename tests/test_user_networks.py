@@ -17,7 +17,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.dependency import index_mapping
 
-from autosculpt.search.errors import UserError
+from autosculpt.errors import UserError
 from autosculpt.search.onnx_io import to_onnx
 from autosculpt.space import (
     Recipe,

@@ -2,7 +2,7 @@
 
 Each command module defines ``register(subparsers)``, which adds its parser (with a
 description holding examples) and sets ``func`` to a ``run(args) -> int`` function.
-A :class:`~autosculpt.search.errors.UserError` raised anywhere becomes one line on
+A :class:`~autosculpt.errors.UserError` raised anywhere becomes one line on
 stderr and exit status 2; Ctrl-C becomes exit status 130.
 """
 
@@ -16,7 +16,7 @@ import warnings
 
 import optuna
 
-from ..errors import UserError
+from ...errors import UserError
 
 # Command name -> module under autosculpt.search.cli. The one place commands are registered.
 COMMANDS: dict[str, str] = {

@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..agent import serve
-from ..errors import UserError
+from ...errors import UserError
 from ..latency import TOKEN_ENV
 from ._common import add_command
 

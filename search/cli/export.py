@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from ...errors import UserError
 from ..export import export_trial, no_feasible_message
 from ..storage import storage_url
 from ..study import best_feasible, open_existing

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from ...errors import UserError
 from ..latency import Target, measure, measure_onnx
 from ._common import add_command, print_rows
 

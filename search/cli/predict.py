@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from ...errors import UserError
 from ..predict import predict_files
 from ._common import add_command
 

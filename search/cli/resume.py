@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import fields, replace
 
-from ..errors import UserError
+from ...errors import UserError
 from ..runner import counted_trials
 from ..settings import SETTINGS_ATTR, Settings
 from ..storage import storage_url

@@ -8,7 +8,7 @@ from datetime import datetime
 from rich.console import Console
 
 from ...space import SearchSpace
-from ..errors import UserError
+from ...errors import UserError
 from ..latency import Target, agent_info
 from ..settings import PRESETS, with_preset
 from ..storage import masked, open_storage, storage_url

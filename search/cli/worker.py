@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import sys
 
-from ..errors import UserError
+from ...errors import UserError
 from ..runner import run_worker, wait_for_storage
 from ..storage import STORAGE_PATIENCE_SECONDS, is_storage_failure, storage_url
 from ..study import open_existing, prepare

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import UserError
+from ...errors import UserError
 from ._cardiac import CLASS_NAMES as CARDIAC_CLASS_NAMES
 from ._types import Slices
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..cache import cache_dir
-from ..errors import UserError
+from ...errors import UserError
 from . import _cardiac
 from ._files import read_folder
 from ._types import SegmentationData, Slices, Split

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import UserError
+from ...errors import UserError
 from ._types import SPLITS, SegmentationData
 
 TILE = 192  # pixels per shown image

@@ -1,4 +1,5 @@
-"""The one exception type the CLI turns into a one-line error."""
+"""The one exception type the CLI turns into a one-line error: a shared basic at the package root, so that
+``space/``, ``search/`` and ``reports/`` all raise it without importing each other."""
 
 
 class UserError(Exception):
