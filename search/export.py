@@ -28,7 +28,7 @@ from .data import SegmentationData
 from ..errors import UserError
 from .latency import measure_onnx, pooled
 from .onnx_io import to_onnx
-from .polish import POLISH_ATTR, polished_weights
+from .polish import polish_record, polished_weights
 from .settings import Settings
 from .storage import artifact_store
 from .study import Context, environment, prepare, study_reference
@@ -79,7 +79,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
         "class_names": list(context.data.class_names), "dice": test.mean, "dice_per_class": test.per_class,
         "dice_split": "test", "val_dice": trial.values[0], "latency": stats.to_dict(),
         "latency_clock": stats.clock, "trial_latency": trial.user_attrs.get("latency"),
-        "polish": _polish_record(study, trial), "verdict": verdict.to_dict(),
+        "polish": polish_record(study, trial), "verdict": verdict.to_dict(),
         "params": figs.params, "macs": figs.macs, **figs.ratios_against(context.baseline_figures),
         "channels": figs.channels, "baseline_channels": context.baseline_figures.channels,
         "baseline": {"params": context.baseline_figures.params, "macs": context.baseline_figures.macs,
@@ -113,12 +113,6 @@ def _remeasure(onnx_bytes: bytes, study: optuna.Study, context: Context):
     reference = study_reference(study, context)
     shape = tuple(context.example.shape)
     return pooled([measure_onnx(onnx_bytes, shape, context.target, reference) for _ in range(EXPORT_MEASUREMENTS)])
-
-
-def _polish_record(study: optuna.Study, trial: FrozenTrial) -> dict | None:
-    """The study's polish of this trial (Dice before and after), None if it was not polished."""
-    record = study.user_attrs.get(POLISH_ATTR)
-    return record if record and record.get("trial") == trial.number else None
 
 
 def _ort_predict(session: onnxruntime.InferenceSession, images: torch.Tensor) -> torch.Tensor:

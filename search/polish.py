@@ -52,10 +52,15 @@ def polish(study: optuna.Study, trial: FrozenTrial, net: torch.nn.Module, contex
     return record
 
 
+def polish_record(study: optuna.Study, trial: FrozenTrial) -> dict | None:
+    """The study's polish of ``trial`` (Dice before and after, weights), None if it has none."""
+    record = study.user_attrs.get(POLISH_ATTR)
+    return record if record and record.get("trial") == trial.number else None
+
+
 def polished_weights(study: optuna.Study, trial: FrozenTrial) -> str | None:
     """The artifact id of ``trial``'s polished weights, if the study kept a polish of it."""
-    record = study.user_attrs.get(POLISH_ATTR) or {}
-    return record.get("weights_artifact") if record.get("trial") == trial.number else None
+    return (polish_record(study, trial) or {}).get("weights_artifact")
 
 
 def _variants(distill: float) -> list[tuple[str, float]]:

@@ -74,8 +74,7 @@ def prepare(settings: Settings) -> Context:
     untrained = build_model(settings.model, data, settings.weights)
     groups = layer_groups(untrained, example, ignore=space.ignore)
     calibration = calibration_batch(data)
-    apply_recipe(untrained, Recipe.uniform(0.5, round_to=space.round_to, min_channels=space.min_channels,
-                                           importance=space.importance, ignore=space.ignore), example, calibration)
+    apply_recipe(untrained, uniform_recipe(space, 0.5, importance=space.importance), example, calibration)
     baseline = get_baseline(settings.model, data, seed=settings.seed, epochs=settings.baseline_epochs, weights=settings.weights)
     teacher = teacher_logits(baseline.model, data.train.images) if settings.distill > 0 else None
     return Context(settings, data, baseline, groups, space, Target.from_dict(settings.target), example,
@@ -92,6 +91,12 @@ def _check_model_file(settings: Settings) -> None:
         found = "is missing" if now is None else f"differs (sha256 {now[:12]}, the study's {settings.model_sha256[:12]})"
         raise UserError(f"the model file of {settings.model} {found}: restore the file the study was created with, "
                         "or start a new study")
+
+
+def uniform_recipe(space: SearchSpace, keep: float, importance: str = "l1") -> Recipe:
+    """``keep`` of every searched group, rounded as ``space`` rounds, its ignored groups whole."""
+    return Recipe.uniform(keep, round_to=space.round_to, min_channels=space.min_channels, importance=importance,
+                          ignore=space.ignore)
 
 
 def calibration_batch(data: SegmentationData, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,9 +157,7 @@ def calibrate(context: Context, settings: Settings) -> tuple[Settings, dict | No
     settings = replace(settings, budget_ms=settings.budget_ms or baseline_stats.median_ms / settings.speedup)
     if context.target.url or context.target.runtime != "ort":
         return settings, None, baseline_stats
-    space = context.space
-    recipe = Recipe.uniform(budget_fraction(settings.budget_ms, baseline_stats.median_ms), round_to=space.round_to,
-                            min_channels=space.min_channels, ignore=space.ignore)
+    recipe = uniform_recipe(context.space, budget_fraction(settings.budget_ms, baseline_stats.median_ms))
     net = apply_recipe(context.baseline.model, recipe, context.example)
     calibration = pooled([measure(net, shape, context.target) for _ in range(CALIBRATION_MEASUREMENTS)])
     return settings, {"recipe": recipe.to_dict(), "stats": calibration.to_dict()}, baseline_stats

@@ -18,10 +18,16 @@ from sqlalchemy.engine import make_url
 
 POSTGRES_ENV = "AUTOSCULPT_TEST_POSTGRES_URL"
 
+
 # Tests train tiny networks, often several processes at once on 2 cores: one thread each
 # is faster than PyTorch's default of one per core (set before any test imports torch,
 # and inherited by every CLI subprocess).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from autosculpt.search.verdict import EXIT_VERDICT_FAILED  # noqa: E402 - after the thread count is set
+
+# Exit statuses of a search that ran: where a test is about the flow, not the verdict (tested on its own).
+FLOW = (0, EXIT_VERDICT_FAILED)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -23,11 +23,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import POSTGRES_ENV, postgres_database
+from conftest import FLOW, POSTGRES_ENV, postgres_database
 from sqlalchemy.engine import make_url
 
 from autosculpt.search.cli import build_parser
-from autosculpt.search.verdict import EXIT_VERDICT_FAILED
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTOSCULPT = str(Path(sys.executable).with_name("autosculpt"))  # the console script, the image's ENTRYPOINT
@@ -35,7 +34,6 @@ SERVICES = {"postgres", "search", "worker", "report"}
 # Compose interpolation: $$ is a literal $, ${NAME}, ${NAME:-default}, ${NAME:?error}, $NAME.
 VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:[-?])([^}]*))?\}|\$(\w+)")
 
-FLOW = (0, EXIT_VERDICT_FAILED)  # these tests are about the flow; the verdict is tested in test_search_cli
 
 
 def compose() -> dict:

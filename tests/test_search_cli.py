@@ -13,14 +13,13 @@ import numpy as np
 import onnxruntime
 import optuna
 import pytest
-from conftest import run_cli
+from conftest import FLOW, run_cli
 from PIL import Image
 
 from autosculpt.search.data import load_data
 from autosculpt.search.verdict import EXIT_VERDICT_FAILED
 
 SMOKE = ("--preset", "smoke")
-FLOW = (0, EXIT_VERDICT_FAILED)  # where a test is about the flow, not the verdict (tested on its own)
 
 
 def counted(url: str, name: str) -> list[optuna.trial.FrozenTrial]:

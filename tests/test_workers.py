@@ -27,12 +27,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import POSTGRES_ENV, postgres_database, run_cli
+from conftest import FLOW, POSTGRES_ENV, postgres_database, run_cli
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from autosculpt.search.storage import RetryStaleTrial, _Storage
-from autosculpt.search.verdict import EXIT_VERDICT_FAILED
 
 SMOKE = ("--preset", "smoke", "--budget-ms", "50")  # every candidate is within 50 ms: all are fine-tuned
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -44,7 +43,6 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 needs_postgres = pytest.mark.skipif(not os.environ.get(POSTGRES_ENV), reason=f"set {POSTGRES_ENV} (CI does)")
 
-FLOW = (0, EXIT_VERDICT_FAILED)  # these tests are about the flow; the verdict is tested in test_search_cli
 
 
 # --- helpers -------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def finish_study(name: str, url: str, out: str | None) -> int:
     budget. A study whose winner was polished already is not polished again.
     """
     from ..export import export_trial, no_feasible_message, trial_network
-    from ..polish import POLISH_ATTR
+    from ..polish import polish_record
     from ..verdict import EXIT_VERDICT_FAILED
     from ...reports import write_report
 
@@ -87,7 +87,7 @@ def finish_study(name: str, url: str, out: str | None) -> int:
         console.print(f"report: {report}")
         return 1
     context = prepare(replace(settings, distill=0.0))
-    if settings.polish and (study.user_attrs.get(POLISH_ATTR) or {}).get("trial") != best.number:
+    if settings.polish and polish_record(study, best) is None:
         _polish(study, best, trial_network(best, context, url), replace(context, settings=settings), url)
     exported = export_trial(study, best, folder, url, context=context)
     report = write_report(study, folder / "report.html", samples=exported.samples)
