@@ -23,6 +23,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from autosculpt.errors import UserError
+from autosculpt.search.best import ranked_within
 from autosculpt.search.latency import LatencyStats, Target, measure_onnx
 from autosculpt.search.onnx_io import to_onnx
 from autosculpt.search.runner import make_sampler, run_worker
@@ -99,8 +100,8 @@ def _reuse(context: Context | None, settings: Settings) -> Context:
 
 
 def tuned(study: optuna.Study) -> list[FrozenTrial]:
-    """Complete trials that were fine-tuned (within the study's budget)."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("finetuned")]
+    """The fine-tuned complete trials at any latency, best first (the library's rule, :mod:`autosculpt.search.best`)."""
+    return ranked_within(study.get_trials(deepcopy=False), math.inf)
 
 
 def front(trials: Sequence[FrozenTrial], budget_ms: float = math.inf) -> list[FrozenTrial]:

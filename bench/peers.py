@@ -46,7 +46,8 @@ from _common import add_study_options, make_settings, run_study, scaling_row, sc
 from autosculpt.search.latency import Target  # noqa: E402
 from autosculpt.search.runner import make_sampler  # noqa: E402
 from autosculpt.search.storage import open_storage  # noqa: E402
-from autosculpt.search.study import best_feasible, budget_fraction, study_reference  # noqa: E402
+from autosculpt.search.best import best_feasible  # noqa: E402
+from autosculpt.search.study import budget_fraction, study_reference  # noqa: E402
 from autosculpt.space import SearchSpace  # noqa: E402
 
 NNI_PYTHON = os.environ.get("NNI_PYTHON", "/tmp/nni-venv/bin/python")

@@ -18,90 +18,20 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ..search.best import ranked_within
 from ..search.storage import masked
+from ._headline import HeadlineInfo, ModelSummary, get_headline_info
 from ._search_info import SearchInfo, get_search_info
+from ._trials import STATES, TrialRow, get_trial_row
+from ._values import as_dict, finite, integer
 
-# Trial phases whose seconds the search stores as ``time_<phase>_s`` user attributes.
-PHASES = ("measure", "finetune", "eval")
 HEATMAP_TRIALS = 10
 DEFAULT_CLASSES = ("RV", "myocardium", "LV")
-_RUNTIMES = {"ort": "ONNX Runtime", "torch": "PyTorch"}
 # Importance targets, lower is better for Optuna's evaluator: Dice is negated.
 _OBJECTIVES: dict[str, Callable[[FrozenTrial], float]] = {
     "Dice": lambda t: -t.values[0],
     "latency": lambda t: t.user_attrs["latency_ms"],
 }
-
-_STATES = {
-    TrialState.COMPLETE: "complete",
-    TrialState.PRUNED: "pruned",
-    TrialState.FAIL: "failed",
-    TrialState.RUNNING: "running",
-    TrialState.WAITING: "waiting",
-}
-
-
-@dataclass(frozen=True)
-class TrialRow:
-    """One trial's figures; None where the trial never got that far.
-
-    ``dice`` is the objective for a complete trial and the last epoch's Dice for a pruned
-    one. ``feasible`` reads the Optuna constraint (latency minus budget <= 0); None when
-    no constraint was stored, which the report counts as within budget.
-    ``times`` maps each of :data:`PHASES` plus ``other`` (wall time not in a phase) to seconds.
-    """
-
-    number: int
-    state: str
-    dice: float | None
-    dice_per_class: dict[str, float]
-    latency_ms: float | None
-    latency_p90_ms: float | None
-    params: int | None
-    macs: int | None
-    param_ratio: float | None
-    feasible: bool | None
-    finetuned: bool | None
-    times: dict[str, float]
-    keep: dict[str, float]
-    channels: dict[str, int]
-    note: str
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """The headline figures of one model (the baseline or a trial)."""
-
-    label: str
-    trial: int | None
-    dice: float | None
-    dice_per_class: dict[str, float]
-    latency_ms: float | None
-    latency_p90_ms: float | None
-    params: int | None
-    macs: int | None
-    file_size: int | None
-    exported: bool = False
-
-
-@dataclass(frozen=True)
-class HeadlineInfo:
-    """Baseline against the chosen trial (exported, else best within budget).
-
-    Ratios are None when a side is missing; ``target`` names the CPU, threads and runtime
-    the latencies were measured with, as phrases (``"1 thread"``). ``dice_split`` says
-    which images both Dice figures come from: ``"test"`` when the export was scored on
-    the test split and the baseline has test figures, else ``"validation"``.
-    """
-
-    baseline: ModelSummary | None
-    candidate: ModelSummary | None
-    smaller: float | None
-    faster: float | None
-    dice_change_pct: float | None
-    target: list[str]
-    dice_split: str
-    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -177,13 +107,16 @@ def get_report_data(study: optuna.Study, storage_url: str | None = None) -> Repo
     ``storage_url`` (shown masked in the commands) defaults to the ``storage`` setting.
     """
     attrs = study.user_attrs
-    settings = _as_dict(attrs.get("settings"))
-    baseline = _as_dict(attrs.get("baseline"))
-    export = _as_dict(attrs.get("export"))
-    budget = _float(settings.get("budget_ms"))
-    rows = [_get_trial_row(t) for t in study.get_trials(deepcopy=False)]
-    chosen = _chosen_trial(rows, export)
-    headline = _get_headline_info(rows, chosen, baseline, export, settings, budget)
+    settings = as_dict(attrs.get("settings"))
+    baseline = as_dict(attrs.get("baseline"))
+    export = as_dict(attrs.get("export"))
+    budget = finite(settings.get("budget_ms"))
+    trials = study.get_trials(deepcopy=False)
+    rows = [get_trial_row(t, budget if budget is not None else math.inf) for t in trials]
+    by_number = {row.number: row for row in rows}
+    ranked = [by_number[t.number] for t in ranked_within(trials, budget if budget is not None else math.inf)]
+    chosen = _chosen_trial(rows, ranked, export)
+    headline = get_headline_info(rows, chosen, baseline, export, settings, budget)
     storage = storage_url or settings.get("storage")
     storage = str(storage) if storage else None
     return ReportData(
@@ -193,184 +126,35 @@ def get_report_data(study: optuna.Study, storage_url: str | None = None) -> Repo
         headline=headline,
         pareto=_get_pareto_info(rows, budget, chosen.number if chosen else None),
         history=_get_history_info(rows),
-        layers=_get_layers_info(rows, baseline, chosen, headline.candidate),
+        layers=_get_layers_info(ranked, baseline, chosen, headline.candidate),
         importance=_get_importance_info(study),
         trials=rows,
-        class_names=list(_as_dict(baseline.get("dice_per_class"))) or list(DEFAULT_CLASSES),
+        class_names=list(as_dict(baseline.get("dice_per_class"))) or list(DEFAULT_CLASSES),
         settings=_flatten(settings),
-        environment=_flatten(_as_dict(attrs.get("environment"))),
-        commands=_get_commands(study.study_name, storage, rows, export),
+        environment=_flatten(as_dict(attrs.get("environment"))),
+        commands=_get_commands(study.study_name, storage, ranked, export),
         search=get_search_info(study),
     )
 
 
-def _get_trial_row(trial: FrozenTrial) -> TrialRow:
-    attrs = trial.user_attrs
-    complete = trial.state == TrialState.COMPLETE and trial.values is not None
-    dice = trial.values[0] if complete else _last(attrs.get("dice_by_epoch"))
-    latency = _float(attrs.get("latency_ms"))
-    return TrialRow(
-        number=trial.number,
-        state=_STATES.get(trial.state, trial.state.name.lower()),
-        dice=_float(dice),
-        dice_per_class=_float_dict(attrs.get("dice_per_class")),
-        latency_ms=_float(latency),
-        latency_p90_ms=_float(attrs.get("latency_p90_ms")),
-        params=_int(attrs.get("params")),
-        macs=_int(attrs.get("macs")),
-        param_ratio=_float(attrs.get("param_ratio")),
-        feasible=_feasible(trial),
-        finetuned=attrs.get("finetuned") if isinstance(attrs.get("finetuned"), bool) else None,
-        times=_times(trial),
-        keep={_layer_of(k): float(v) for k, v in trial.params.items() if _layer_of(k) and _float(v) is not None},
-        channels={str(k): int(v) for k, v in _as_dict(attrs.get("channels")).items() if _int(v) is not None},
-        note=str(attrs.get("fail_reason") or ""),
-    )
-
-
-def _feasible(trial: FrozenTrial) -> bool | None:
-    """Optuna's reading of the constraints (old list and per-key formats); else the attr."""
-    constraints = trial.constraints
-    if constraints:
-        return all(value <= 0 for value in constraints.values())
-    feasible = trial.user_attrs.get("feasible")
-    return feasible if isinstance(feasible, bool) else None
-
-
-def _times(trial: FrozenTrial) -> dict[str, float]:
-    """Seconds per phase, plus ``other``: wall time outside the phases (never negative)."""
-    times = {phase: _float(trial.user_attrs.get(f"time_{phase}_s")) or 0.0 for phase in PHASES}
-    wall = trial.duration.total_seconds() if trial.duration else 0.0
-    times["other"] = max(0.0, wall - sum(times.values()))
-    return times
-
-
-def _layer_of(param: str) -> str:
-    """``keep.enc2.conv1`` -> ``enc2.conv1``; ``keep`` (uniform) -> ``all layers``; else ''."""
-    if param == "keep":
-        return "all layers"
-    return param[len("keep."):] if param.startswith("keep.") else ""
-
-
-def _is_best_candidate(row: TrialRow) -> bool:
-    """Complete, within budget and fine-tuned (the search's own rule for exporting)."""
-    return row.state == "complete" and row.feasible is not False and row.finetuned is not False and row.dice is not None
-
-
-def _ranked_feasible(rows: list[TrialRow]) -> list[TrialRow]:
-    """Feasible candidates by Dice, best first; ties go to the faster."""
-    candidates = [r for r in rows if _is_best_candidate(r)]
-    return sorted(candidates, key=lambda r: (-r.dice, r.latency_ms if r.latency_ms is not None else math.inf))
-
-
-def _chosen_trial(rows: list[TrialRow], export: dict) -> TrialRow | None:
-    """The exported trial if the study has one, else the best feasible trial."""
-    exported = _int(export.get("trial"))
+def _chosen_trial(rows: list[TrialRow], ranked: list[TrialRow], export: dict) -> TrialRow | None:
+    """The exported trial if the study has one, else the best within budget (``ranked[0]``)."""
+    exported = integer(export.get("trial"))
     for row in rows:
         if exported is not None and row.number == exported:
             return row
-    ranked = _ranked_feasible(rows)
     return ranked[0] if ranked else None
-
-
-def _get_headline_info(
-    rows: list[TrialRow], chosen: TrialRow | None, baseline: dict, export: dict, settings: dict, budget: float | None
-) -> HeadlineInfo:
-    candidate = _candidate_summary(chosen, export)
-    test = bool(candidate and candidate.exported and _float(baseline.get("test_dice")) is not None)
-    base = _baseline_summary(baseline, "test_" if test else "") if baseline else None
-    target = _target(export, baseline, settings)
-    reason = None if candidate else _no_candidate_reason(rows, budget)
-    if not base:
-        reason = (reason + " " if reason else "") + "The study has no baseline figures, so nothing is compared."
-    return HeadlineInfo(
-        baseline=base,
-        candidate=candidate,
-        smaller=_ratio(base.params, candidate.params) if base and candidate else None,
-        faster=_ratio(base.latency_ms, candidate.latency_ms) if base and candidate else None,
-        dice_change_pct=_change_pct(base.dice, candidate.dice) if base and candidate else None,
-        target=target,
-        dice_split="test" if test else "validation",
-        reason=reason,
-    )
-
-
-def _baseline_summary(baseline: dict, split_prefix: str) -> ModelSummary:
-    """The baseline's figures; Dice from ``{split_prefix}dice`` (``test_`` for the test split)."""
-    latency = _as_dict(baseline.get("latency"))
-    return ModelSummary(
-        label="Baseline",
-        trial=None,
-        dice=_float(baseline.get(f"{split_prefix}dice")),
-        dice_per_class=_float_dict(baseline.get(f"{split_prefix}dice_per_class")),
-        latency_ms=_float(latency.get("median_ms")),
-        latency_p90_ms=_float(latency.get("p90_ms")),
-        params=_int(baseline.get("params")),
-        macs=_int(baseline.get("macs")),
-        file_size=_int(baseline.get("file_size")),
-    )
-
-
-def _candidate_summary(chosen: TrialRow | None, export: dict) -> ModelSummary | None:
-    """Figures of the chosen trial; for the exported one, those measured on the export."""
-    exported = bool(export) and (chosen is None or chosen.number == _int(export.get("trial")))
-    if chosen is None and not exported:
-        return None
-    measured = export if exported else {}
-    latency = _as_dict(measured.get("latency"))
-    number = chosen.number if chosen else _int(measured.get("trial"))
-    return ModelSummary(
-        label=f"Trial {number} ({'exported' if exported else 'best within budget'})",
-        trial=number,
-        dice=_first(_float(measured.get("dice")), getattr(chosen, "dice", None)),
-        dice_per_class=_float_dict(measured.get("dice_per_class")) or getattr(chosen, "dice_per_class", {}),
-        latency_ms=_first(_float(latency.get("median_ms")), getattr(chosen, "latency_ms", None)),
-        latency_p90_ms=_first(_float(latency.get("p90_ms")), getattr(chosen, "latency_p90_ms", None)),
-        params=getattr(chosen, "params", None),
-        macs=getattr(chosen, "macs", None),
-        file_size=_int(measured.get("file_size")),
-        exported=exported,
-    )
-
-
-def _target(export: dict, baseline: dict, settings: dict) -> list[str]:
-    """How the latencies were measured, as phrases: CPU, threads, runtime.
-
-    Read from the export's measurement, else the baseline's, else the target setting.
-    """
-    latency = _as_dict(export.get("latency")) or _as_dict(baseline.get("latency"))
-    fallback = _as_dict(settings.get("target"))
-    cpu, threads, runtime = (_first(latency.get(k), fallback.get(k)) for k in ("cpu_model", "threads", "runtime"))
-    phrases = [str(cpu)] if cpu is not None else []
-    if threads is not None:
-        phrases.append(f"{threads} thread" + ("" if threads == 1 else "s"))
-    if runtime is not None:
-        phrases.append(_RUNTIMES.get(runtime, str(runtime)))
-    return phrases
-
-
-def _no_candidate_reason(rows: list[TrialRow], budget: float | None) -> str:
-    """Why no trial can be compared yet, with the fastest trial as a hint."""
-    complete = [r for r in rows if r.state == "complete" and r.latency_ms is not None]
-    if not complete:
-        return "No trial has completed yet, so there is no compressed model to compare."
-    fastest = min(complete, key=lambda r: r.latency_ms)
-    limit = f"the {budget:g} ms budget" if budget is not None else "the latency budget"
-    return (
-        f"None of the {len(complete)} complete trials met {limit}; "
-        f"the fastest was trial {fastest.number} at {fastest.latency_ms:.1f} ms."
-    )
 
 
 def _get_pareto_info(rows: list[TrialRow], budget: float | None, highlight: int | None) -> ParetoInfo:
     complete = [r for r in rows if r.state == "complete" and r.dice is not None and r.latency_ms is not None]
-    feasible = [r for r in complete if r.feasible is not False]
+    feasible = [r for r in complete if r.candidate]
     front = _pareto_front(feasible)
     numbers = {r.number for r in front}
     return ParetoInfo(
         front=front,
         dominated=[r for r in feasible if r.number not in numbers],
-        infeasible=[r for r in complete if r.feasible is False],
+        infeasible=[r for r in complete if not r.candidate],
         budget_ms=budget,
         highlight=highlight,
         reason=None if complete else "No trial has completed yet: the Pareto front appears once one has.",
@@ -389,16 +173,16 @@ def _pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
 def _get_history_info(rows: list[TrialRow]) -> HistoryInfo:
     best: list[tuple[int, float]] = []
     for row in sorted(rows, key=lambda r: r.number):
-        if _is_best_candidate(row) and (not best or row.dice > best[-1][1]):
+        if row.candidate and (not best or row.dice > best[-1][1]):
             best.append((row.number, row.dice))
     return HistoryInfo(rows=rows, best=best, reason=None if rows else "The study has no trials yet.")
 
 
 def _get_layers_info(
-    rows: list[TrialRow], baseline: dict, chosen: TrialRow | None, candidate: ModelSummary | None
+    ranked: list[TrialRow], baseline: dict, chosen: TrialRow | None, candidate: ModelSummary | None
 ) -> LayersInfo:
-    base_channels = {str(k): int(v) for k, v in _as_dict(baseline.get("channels")).items() if _int(v)}
-    top = _ranked_feasible(rows)[:HEATMAP_TRIALS]
+    base_channels = {str(k): int(v) for k, v in as_dict(baseline.get("channels")).items() if integer(v)}
+    top = ranked[:HEATMAP_TRIALS]
     ratios = [_keep_ratios(row, base_channels) for row in top]
     layers = list(base_channels) or list(dict.fromkeys(layer for r in ratios for layer in r))
     chosen_channels = chosen.channels if chosen else {}
@@ -464,11 +248,11 @@ def _importance(study: optuna.Study, objective: str, target: Callable[[FrozenTri
     return ImportanceInfo(objective, {k: float(v) for k, v in values.items()}, None)
 
 
-def _get_commands(name: str, storage: str | None, rows: list[TrialRow], export: dict) -> list[tuple[str, str]]:
+def _get_commands(name: str, storage: str | None, ranked: list[TrialRow], export: dict) -> list[tuple[str, str]]:
     """Shell commands (password masked) to resume the study and export another trial."""
     where = f" --storage {shlex.quote(masked(storage))}" if storage else " --storage URL"
-    exported = _int(export.get("trial"))
-    others = [r.number for r in _ranked_feasible(rows) if r.number != exported]
+    exported = integer(export.get("trial"))
+    others = [r.number for r in ranked if r.number != exported]
     trial = str(others[0]) if others else "N"
     quoted = shlex.quote(name)
     return [
@@ -500,44 +284,10 @@ def _text(value: Any) -> str:
 
 
 def _count_states(rows: list[TrialRow]) -> dict[str, int]:
-    counts = {state: 0 for state in _STATES.values()}
+    counts = {state: 0 for state in STATES.values()}
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
-    counts["feasible"] = sum(1 for r in rows if _is_best_candidate(r))
+    counts["feasible"] = sum(1 for r in rows if r.candidate)
     return counts
 
 
-def _ratio(before: float | None, after: float | None) -> float | None:
-    return before / after if before and after else None
-
-
-def _change_pct(before: float | None, after: float | None) -> float | None:
-    return (after - before) / before * 100 if before and after is not None else None
-
-
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
-
-
-def _last(values: Any) -> Any:
-    return values[-1] if isinstance(values, list) and values else None
-
-
-def _as_dict(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-def _float(value: Any) -> float | None:
-    """A finite float, or None for anything else (missing, text, NaN)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _int(value: Any) -> int | None:
-    number = _float(value)
-    return int(number) if number is not None else None
-
-
-def _float_dict(value: Any) -> dict[str, float]:
-    return {str(k): f for k, v in _as_dict(value).items() if (f := _float(v)) is not None}

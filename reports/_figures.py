@@ -13,7 +13,8 @@ import html
 import plotly.graph_objects as go
 
 from . import _format as fmt
-from ._data import HistoryInfo, ImportanceInfo, LayersInfo, ParetoInfo, TrialRow
+from ._data import HistoryInfo, ImportanceInfo, LayersInfo, ParetoInfo
+from ._trials import TrialRow
 
 BLUE, LIGHT_BLUE, GREY, ORANGE, RED, PURPLE, INK = (
     "#1f5f99", "#9dbedc", "#9a9a9a", "#e69f00", "#c0392b", "#7b4f9d", "#222222")

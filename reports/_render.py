@@ -21,7 +21,8 @@ from plotly.offline import get_plotlyjs
 
 from . import _figures
 from . import _format as fmt
-from ._data import HeadlineInfo, ModelSummary, ReportData, get_report_data
+from ._data import ReportData, get_report_data
+from ._headline import HeadlineInfo, ModelSummary
 from ._samples import CLASS_COLOURS, QualitativeSample, sample_pngs
 
 _ENV = jinja2.Environment(

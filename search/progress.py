@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import optuna
@@ -10,6 +9,8 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from .best import best_within, within_budget
 
 
 class LiveView:
@@ -69,22 +70,21 @@ class LiveView:
         table.add_row("study", self.study_name)
         table.add_row("now", self.phase_text)
         table.add_row("best feasible", self._best_text())
-        complete = self._count(lambda t: t.state == TrialState.COMPLETE and t.user_attrs.get("feasible"))
-        infeasible = self._count(lambda t: t.state == TrialState.COMPLETE and not t.user_attrs.get("feasible"))
+        tuned = self._count(lambda t: t.state == TrialState.COMPLETE and t.user_attrs.get("finetuned") is True)
+        within = self._count(lambda t: within_budget(t, self.budget_ms))
+        complete = self._count(lambda t: t.state == TrialState.COMPLETE)
         pruned = self._count(lambda t: t.state == TrialState.PRUNED)
         failed = self._count(lambda t: t.state == TrialState.FAIL)
         total = f"/{self.limit}" if self.limit else ""
-        table.add_row("trials", f"{complete + infeasible + pruned}{total}: {complete} fine-tuned, "
-                                f"{infeasible} over budget, {pruned} stopped early, {failed} failed")
-        table.add_row("time", self._time_text(complete + infeasible + pruned))
+        table.add_row("trials", f"{complete + pruned}{total}: {tuned} fine-tuned ({within} within budget), "
+                                f"{complete - tuned} too slow to fine-tune, {pruned} stopped early, {failed} failed")
+        table.add_row("time", self._time_text(complete + pruned))
         return table
 
     def _best_text(self) -> str:
-        feasible = [t for t in self.trials.values() if t.state == TrialState.COMPLETE and t.user_attrs.get("finetuned")
-                    and t.user_attrs.get("latency_ms", math.inf) <= self.budget_ms]
-        if not feasible:
+        best = best_within(self.trials.values(), self.budget_ms)
+        if best is None:
             return f"none yet within {self.budget_ms:g} ms"
-        best = max(feasible, key=lambda t: t.values[0])
         attrs = best.user_attrs
         return (f"trial {best.number}: Dice {best.values[0]:.3f}, {attrs['latency_ms']:.2f} ms "
                 f"(budget {self.budget_ms:g}), {attrs.get('param_ratio', 0):.0f}x fewer parameters")

@@ -11,7 +11,6 @@ stores is listed in :class:`TrialRunner`.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import tempfile
@@ -23,7 +22,7 @@ import onnxruntime
 import optuna
 import torch
 import torch_pruning
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from ..space import (Figures, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, figures, layer_groups,
                      model_digest, warm_start)
@@ -420,15 +419,3 @@ class CandidateFailed(Exception):
 
 class SurplusTrial(Exception):
     """Raised inside a trial that the study no longer needs (see TrialRunner._refuse_surplus)."""
-
-
-def best_feasible(study: optuna.Study, budget_ms: float | None = None) -> FrozenTrial | None:
-    """The complete, fine-tuned trial with the highest Dice whose latency is within budget;
-    of equal Dice, the faster.
-
-    ``budget_ms`` None uses the study's own budget; another budget reads the same study.
-    """
-    budget = budget_ms if budget_ms is not None else Settings.from_dict(study.user_attrs[SETTINGS_ATTR]).budget_ms
-    candidates = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if t.user_attrs.get("finetuned") and t.user_attrs.get("latency_ms", math.inf) <= budget]
-    return max(candidates, key=lambda t: (t.values[0], -t.user_attrs["latency_ms"]), default=None)

@@ -17,6 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from autosculpt.reports import QualitativeSample
+from autosculpt.search.best import best_feasible
 
 STAGES = {"enc1": 32, "enc2": 64, "enc3": 128, "enc4": 256, "bottleneck": 512,
           "dec4": 256, "dec3": 128, "dec2": 64, "dec1": 32}
@@ -58,8 +59,8 @@ def environment() -> dict:
 
 def create_study(storage: str, name: str = "demo", *, budget_ms: float = 20.0, with_baseline: bool = True,
                  masked_storage: str | None = None) -> optuna.Study:
-    """A new two-objective study with the study attributes the search writes."""
-    study = optuna.create_study(storage=storage, study_name=name, directions=["maximize", "minimize"])
+    """A new study (maximise validation Dice) with the study attributes the search writes."""
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
     study.set_user_attr("settings", settings(budget_ms, masked_storage or settings()["storage"]))
     study.set_user_attr("environment", environment())
     if with_baseline:
@@ -83,9 +84,8 @@ def add_trials(study: optuna.Study, kinds: Iterable[str], *, seed: int = 0) -> N
 
 def mark_exported(study: optuna.Study) -> int:
     """Store the ``export`` attribute for the best feasible trial; returns its number."""
-    feasible = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible")]
-    best = max(feasible, key=lambda t: t.values[0])
-    latency = best.values[1] * 0.97
+    best = best_feasible(study)
+    latency = best.user_attrs["latency_ms"] * 0.97
     study.set_user_attr("export", {
         "trial": best.number, "dir": "exports/demo-trial", "file_size": int(31_100_000 / best.user_attrs["param_ratio"]),
         "dice": best.values[0] - 0.002, "dice_per_class": best.user_attrs["dice_per_class"],
@@ -125,7 +125,7 @@ def _trial(kind: str, rng: random.Random, budget: float) -> optuna.trial.FrozenT
     params_ = {f"keep.{stage}": v for stage, v in keep.items()} | {"width": width, "method": rng.choice(["prune", "scale"])}
     dists = {f"keep.{stage}": FloatDistribution(0.1, 1.0) for stage in keep} | {
         "width": CategoricalDistribution([0.25, 0.5, 1.0]), "method": CategoricalDistribution(["prune", "scale"])}
-    common = {"params": params_, "distributions": dists, "system_attrs": {"constraints": [latency - budget]}}
+    common = {"params": params_, "distributions": dists, "system_attrs": {"constraints:latency": latency - budget}}
     if kind == "running":
         return create_trial(state=TrialState.RUNNING, user_attrs=attrs, **common)
     if kind == "failed":
@@ -139,7 +139,7 @@ def _trial(kind: str, rng: random.Random, budget: float) -> optuna.trial.FrozenT
     if kind == "infeasible":
         attrs |= {"dice_by_epoch": [], "time_finetune_s": 0.0}
     attrs |= {"dice": dice, "dice_per_class": {c: min(1.0, dice + d) for c, d in zip(CLASSES, (-0.03, -0.02, 0.05))}}
-    return create_trial(state=TrialState.COMPLETE, values=[dice, latency], user_attrs=attrs, **common)
+    return create_trial(state=TrialState.COMPLETE, values=[dice], user_attrs=attrs, **common)
 
 
 def _dice_curve(rng: random.Random, keep: dict, width: float, epochs: int) -> list[float]:

@@ -21,6 +21,7 @@ from PIL import Image
 from plotly.offline import get_plotlyjs
 
 from autosculpt.reports import QualitativeSample, get_report_data, render_report, write_report
+from autosculpt.search.best import best_feasible
 from autosculpt.search.storage import masked
 from autosculpt.reports._samples import CLASS_COLOURS, sample_pngs
 
@@ -142,7 +143,7 @@ def test_missing_baseline_and_empty_study(tmp_path):
     assert data.headline.candidate and data.headline.smaller is None
     assert "no baseline channel counts" in data.layers.channels_reason
     render_report(data)
-    bare = optuna.create_study(storage=f"sqlite:///{tmp_path / 'bare.db'}", directions=["maximize", "minimize"])
+    bare = optuna.create_study(storage=f"sqlite:///{tmp_path / 'bare.db'}", direction="maximize")
     assert "The study has no trials yet." in render_report(get_report_data(bare))
 
 
@@ -156,24 +157,33 @@ def test_exported_dice_is_compared_on_the_test_split(tmp_path):
     assert headline.baseline.dice_per_class == {"RV": 0.4}
 
 
-def test_constraints_in_set_constraint_format(tmp_path):
-    study = new_study(tmp_path)
-    for over in (-1.0, 2.0):
-        study.add_trial(create_trial(values=[0.8, 20 + over], params={"keep": 0.5},
-                                     distributions={"keep": FloatDistribution(0.1, 1.0)},
-                                     system_attrs={"constraints:latency": over}))
+def test_report_and_export_judge_by_latency_against_the_current_budget(tmp_path):
+    """After ``resume --force --budget-ms`` a trial's stored constraint and ``feasible`` flag
+    keep the old budget's verdict (Optuna's finished trials are read-only); the report, the
+    live view and export all read the latency against the budget the study has now."""
+    study = new_study(tmp_path, budget_ms=10.0)
+    old_budget = 20.0
+    for latency, dice in ((8.0, 0.80), (15.0, 0.90)):  # the better one fitted only the old budget
+        study.add_trial(create_trial(
+            values=[dice], params={"keep": 0.5}, distributions={"keep": FloatDistribution(0.1, 1.0)},
+            user_attrs={"latency_ms": latency, "finetuned": True, "feasible": latency <= old_budget},
+            system_attrs={"constraints:latency": latency - old_budget}))
     rows = get_report_data(study).trials
-    assert [r.feasible for r in rows] == [True, False]
+    assert [(r.feasible, r.candidate) for r in rows] == [(True, True), (False, False)]
     assert rows[0].keep == {"all layers": 0.5}
+    data = get_report_data(study)
+    assert data.headline.candidate.trial == best_feasible(study).number == 0
+    assert data.counts["feasible"] == 1 and [r.number for r in data.pareto.infeasible] == [1]
 
 
 def test_importance_is_explained_when_it_cannot_be_computed(tmp_path, monkeypatch):
     study = new_study(tmp_path)
     dist = {"keep": FloatDistribution(0.1, 1.0)}
     for latency in (5.0, 6.0):
-        study.add_trial(create_trial(values=[0.8, latency], params={"keep": 0.5}, distributions=dist))
+        study.add_trial(create_trial(values=[0.8], params={"keep": 0.5}, distributions=dist,
+                                     user_attrs={"latency_ms": latency}))
     assert all("same parameter values" in i.reason for i in get_report_data(study).importance)
-    study.add_trial(create_trial(values=[0.7, 4.0], params={"keep": 0.3}, distributions=dist))
+    study.add_trial(create_trial(values=[0.7], params={"keep": 0.3}, distributions=dist, user_attrs={"latency_ms": 4.0}))
 
     def fail(*args, **kwargs):
         raise RuntimeError("evaluator exploded")
@@ -234,9 +244,9 @@ class Tags(HTMLParser):
 def test_hostile_names_render_as_text(tmp_path):
     study = new_study(tmp_path, XSS)
     fx.add_trials(study, ["feasible", "feasible"])
-    hostile = create_trial(values=[0.7, 5.0], params={f"keep.</script>{XSS}": 0.4},
+    hostile = create_trial(values=[0.7], params={f"keep.</script>{XSS}": 0.4},
                            distributions={f"keep.</script>{XSS}": FloatDistribution(0.1, 1.0)},
-                           user_attrs={"fail_reason": XSS}, system_attrs={"constraints": [-1.0]})
+                           user_attrs={"fail_reason": XSS, "latency_ms": 5.0}, system_attrs={"constraints:latency": -1.0})
     study.add_trial(hostile)
     study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": f"</script>{XSS}"}))
     study.set_user_attr("settings", fx.settings() | {"data": XSS})

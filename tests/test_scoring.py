@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from optuna.trial import TrialState
 
 from autosculpt.search.data import Split
-from autosculpt.search.study import best_feasible
+from autosculpt.search.best import best_feasible, best_within, ranked_within
+from autosculpt.search.progress import LiveView
 from autosculpt.search.train import dice_counts, evaluate, scores_from_counts, segmentation_loss
 
 CLASSES = ("background", "organ", "lesion")
@@ -125,3 +126,16 @@ def test_best_feasible_picks_the_best_finetuned_complete_trial_within_the_budget
     assert (at_9_5.value, at_9_5.user_attrs["latency_ms"]) == (0.80, 7.0)  # a tie goes to the faster
     assert best_feasible(study, 20.0).value == 0.90  # another budget reads the same study
     assert best_feasible(study, 1.0) is None
+
+
+def test_one_rule_ranks_ties_by_latency_then_trial_number_and_the_live_view_reads_it():
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("settings", {"budget_ms": 10.0})
+    for t in [trial(0.80, 9.0), trial(0.80, 7.0), trial(0.80, 7.0), trial(0.70, 1.0)]:
+        study.add_trial(t)
+    trials = study.get_trials()
+    assert [t.number for t in ranked_within(trials, 10.0)] == [1, 2, 0, 3]
+    assert best_within(trials, 10.0).number == best_feasible(study).number == 1
+    view = LiveView(study, 10.0, limit=None, quiet=True)
+    assert view._best_text().startswith("trial 1:")
+    assert LiveView(study, 0.5, limit=None, quiet=True)._best_text() == "none yet within 0.5 ms"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from autosculpt.errors import UserError
-from autosculpt.space import (LayerGroup, Recipe, SearchSpace, UNet, apply_recipe, channel_plan, figures, layer_groups, preset_config,
+from autosculpt.space import (LayerGroup, Recipe, SearchSpace, UNet, apply_recipe, channel_plan, layer_groups, preset_config,
                               warm_start)
 from autosculpt.space._space import PRESETS_DIR
 from autosculpt.space._warm import TRADE_OFF_FRACTIONS

@@ -14,7 +14,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..runner import run_worker
 from ..storage import masked
-from ..study import Context, best_feasible, open_existing, prepare
+from ..best import best_feasible
+from ..study import Context, open_existing, prepare
 
 console = Console(stderr=True, highlight=False)
 

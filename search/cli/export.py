@@ -7,7 +7,8 @@ from pathlib import Path
 from ...errors import UserError
 from ..export import export_trial, no_feasible_message
 from ..storage import storage_url
-from ..study import best_feasible, open_existing
+from ..best import best_feasible
+from ..study import open_existing
 from ..verdict import EXIT_VERDICT_FAILED
 from ._common import add_command, add_storage_option
 

@@ -1,0 +1,57 @@
+"""Which trial is the answer: the one rule read by the live view, export, report and benchmarks.
+
+A trial is *within* a budget when it is complete, was fine-tuned, and its measured
+latency (the user attribute ``latency_ms``) is at most the budget. Of the trials within
+a budget the best has the highest Dice (the objective, validation Dice); of equal Dice
+the faster, then the earlier. The rule reads the latency against the budget it is given,
+not the ``feasible`` flag or Optuna constraint a trial stored: those record the budget
+of the day the trial ran, and ``resume --force --budget-ms`` can change it since.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from .settings import SETTINGS_ATTR, Settings
+
+__all__ = ["best_feasible", "best_within", "meets_budget", "ranked_within", "study_budget", "within_budget"]
+
+
+def meets_budget(trial: FrozenTrial, budget_ms: float) -> bool:
+    """Whether the trial's measured latency is at most ``budget_ms`` (False when unmeasured)."""
+    latency = trial.user_attrs.get("latency_ms")
+    return isinstance(latency, (int, float)) and latency <= budget_ms
+
+
+def within_budget(trial: FrozenTrial, budget_ms: float) -> bool:
+    """Complete, fine-tuned and :func:`meets_budget`: a trial that may be the answer."""
+    return (trial.state == TrialState.COMPLETE and trial.values is not None
+            and trial.user_attrs.get("finetuned") is True and meets_budget(trial, budget_ms))
+
+
+def ranked_within(trials: Iterable[FrozenTrial], budget_ms: float) -> list[FrozenTrial]:
+    """The trials within ``budget_ms``, best first: highest Dice, then faster, then earlier."""
+    candidates = [t for t in trials if within_budget(t, budget_ms)]
+    return sorted(candidates, key=lambda t: (-t.values[0], t.user_attrs["latency_ms"], t.number))
+
+
+def best_within(trials: Iterable[FrozenTrial], budget_ms: float) -> FrozenTrial | None:
+    """The best of ``trials`` within ``budget_ms`` (see the module), or None."""
+    ranked = ranked_within(trials, budget_ms)
+    return ranked[0] if ranked else None
+
+
+def study_budget(study: optuna.Study) -> float:
+    """The study's current budget in ms (infinite for a study stored without one)."""
+    budget = Settings.from_dict(study.user_attrs[SETTINGS_ATTR]).budget_ms if SETTINGS_ATTR in study.user_attrs else None
+    return budget if budget is not None else math.inf
+
+
+def best_feasible(study: optuna.Study, budget_ms: float | None = None) -> FrozenTrial | None:
+    """The best trial of ``study`` within ``budget_ms``; None uses the study's own budget."""
+    budget = study_budget(study) if budget_ms is None else budget_ms
+    return best_within(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), budget)
