@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+from autosculpt.search.quota import COUNTED, is_surplus
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def run(plan: Plan, workers: int, threads: str, folder: Path, postgres: str | No
     spans = [(t.datetime_start.timestamp(), t.datetime_complete.timestamp()) for t in counted]
     return Result(
         workers=workers, threads=threads, trials=len(counted),
-        failed=sum(t.state == TrialState.FAIL and not t.user_attrs.get("fail_reason", "").startswith("surplus") for t in trials),
+        failed=sum(t.state == TrialState.FAIL and not is_surplus(t) for t in trials),
         wall_s=wall, span_s=span.total_seconds(),
         trial_s=statistics.median(t.duration.total_seconds() for t in counted),
         measure_s=statistics.median(t.user_attrs["time_measure_s"] for t in counted),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import TypeVar
@@ -16,9 +15,10 @@ from optuna.trial import FrozenTrial, TrialState
 from ..errors import UserError
 from .latency import TargetUnavailable
 from .progress import LiveView
+from .quota import SurplusTrial, TrialQuota, is_surplus
 from .settings import Settings
-from .storage import HEARTBEAT_SECONDS, STORAGE_PATIENCE_SECONDS, exception_chain, failure_reason, is_storage_failure, masked
-from .study import COUNTED, CandidateFailed, Context, SurplusTrial, TrialRunner, make_pruner
+from .storage import STORAGE_PATIENCE_SECONDS, exception_chain, failure_reason, is_storage_failure, masked
+from .study import CandidateFailed, Context, TrialRunner, make_pruner
 
 # A worker whose trials fail this many times in a row stops: something is broken
 # (target agent down, disk full) and looping would only fill the study with failures.
@@ -39,17 +39,6 @@ def sampler_seed(settings: Settings, study: optuna.Study, worker_index: int) -> 
 def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
     """Multivariate TPE: models how layer ratios interact; the budget is a constraint it learns."""
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=8)
-
-
-def remaining_seconds(study: optuna.Study, settings: Settings) -> float | None:
-    """Time left of the study's time limit (counted from its start), or None for no limit."""
-    if settings.timeout_s is None:
-        return None
-    return settings.timeout_s - (time.time() - study.user_attrs.get("started_at", time.time()))
-
-
-def counted_trials(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
 def run_worker(study: optuna.Study, context: Context, storage_url: str, worker_index: int = 0, quiet: bool = False,
@@ -88,63 +77,21 @@ def _optimize(study: optuna.Study, context: Context, storage_url: str, sampler: 
               quiet: bool, callbacks: list) -> bool:
     """One ``study.optimize`` call; True when the study is still short after a surplus refusal."""
     settings = context.settings
-    left = remaining_seconds(study, settings)
-    if _done(study, settings) or (left is not None and left <= 0):
+    quota = TrialQuota(study, settings)
+    if quota.done():
         return False
     study.sampler = sampler
     study.pruner = make_pruner(settings)
-    stopper = StopWhenDone(settings)
     with LiveView(study, settings.budget_ms, settings.trials, quiet=quiet) as view:
-        runner = TrialRunner(context, study, storage_url, on_phase=view.phase)
+        runner = TrialRunner(context, study, storage_url, quota, on_phase=view.phase)
         study.optimize(
             runner,
-            timeout=left,
+            timeout=quota.seconds_left(),
             catch=(TargetUnavailable, CandidateFailed, SurplusTrial),
-            callbacks=[view.trial_finished, *callbacks, stopper],
+            callbacks=[view.trial_finished, *callbacks, quota],
             gc_after_trial=True,
         )
-    return stopper.refused and _short_once_others_finish(study, settings)
-
-
-def _done(study: optuna.Study, settings: Settings) -> bool:
-    return settings.trials is not None and counted_trials(study) >= settings.trials
-
-
-def _short_once_others_finish(study: optuna.Study, settings: Settings) -> bool:
-    """Whether the study still needs trials once no trial is running any more.
-
-    Trials running elsewhere when this worker's trial was refused as surplus may yet
-    fail (their worker killed, their storage cut off): wait for them, failing the stale
-    ones as Optuna does before each trial (their retries are then waiting).
-    """
-    while not _done(study, settings):
-        left = remaining_seconds(study, settings)
-        if left is not None and left <= 0:
-            return False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        pending = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-        if not pending or any(t.state == TrialState.WAITING for t in pending):
-            return True
-        time.sleep(HEARTBEAT_SECONDS)
-    return False
-
-
-class StopWhenDone:
-    """Optuna callback: stop once the study has its trials, or when this worker's trial was
-    refused as surplus (``refused``; the worker then checks whether it is needed after all)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.refused = False
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.user_attrs.get("fail_reason", "").startswith("surplus"):
-            self.refused = True
-            study.stop()
-        elif _done(study, self.settings):
-            study.stop()
+    return quota.refused and quota.still_short()
 
 
 class Tally:
@@ -165,7 +112,7 @@ class FailureStreak:
         self.stopped = False
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        surplus = trial.user_attrs.get("fail_reason", "").startswith("surplus")
+        surplus = is_surplus(trial)
         self.failures = self.failures + 1 if trial.state == TrialState.FAIL and not surplus else 0
         if trial.state == TrialState.FAIL and not surplus:
             reason = trial.user_attrs.get("fail_reason", "see the log")

@@ -22,7 +22,6 @@ import onnxruntime
 import optuna
 import torch
 import torch_pruning
-from optuna.trial import TrialState
 
 from ..space import (Figures, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, figures, layer_groups,
                      model_digest, warm_start)
@@ -32,14 +31,13 @@ from ..errors import UserError
 from .latency import LatencyStats, Reference, Target, TargetUnavailable, clear_of, cpu_model, measure, pooled
 from .onnx_io import to_onnx
 from .projection import CostModel, LatencyCache, LatencyModel, chosen, project
+from .quota import SurplusTrial, TrialQuota
 from .settings import SETTINGS_ATTR, Settings
 from .storage import artifact_store, is_storage_failure, load_study, open_storage
 from .train import Schedule, Scores, evaluate, teacher_logits, train
 
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that count towards the study's total
 REFERENCE_ATTR = "latency_reference"
 CALIBRATION_MEASUREMENTS = 3  # pooled measurements of the reference's own latency
-SURPLUS_REASON = "surplus: the study already had its trials when this one started"
 
 
 @dataclass
@@ -237,9 +235,10 @@ class TrialRunner:
     network is still over its goal is scored without fine-tuning.
     """
 
-    def __init__(self, context: Context, study: optuna.Study, storage_url: str, on_phase=None):
+    def __init__(self, context: Context, study: optuna.Study, storage_url: str, quota: TrialQuota, on_phase=None):
         self.context = context
         self.study = study
+        self.quota = quota
         self.store = artifact_store(storage_url)
         self.on_phase = on_phase or (lambda trial, text: None)
         self.reference = study_reference(study, context)
@@ -263,7 +262,7 @@ class TrialRunner:
             raise CandidateFailed(reason) from error
 
     def _run(self, trial: optuna.Trial) -> float:
-        self._refuse_surplus(trial)
+        self.quota.claim(trial)
         ctx = self.context
         fraction = trial.user_attrs.get("budget_fraction", 1.0)
         shape = normalised(ctx.space.sample(trial, ctx.groups))
@@ -319,20 +318,6 @@ class TrialRunner:
         except TargetUnavailable as error:
             trial.set_user_attr("fail_reason", str(error))
             raise
-
-    def _refuse_surplus(self, trial: optuna.Trial) -> None:
-        """Fail a trial that started after the study already had its ``trials``.
-
-        Workers race between checking the count and asking for a trial; this check,
-        made on trial numbers the storage hands out atomically, keeps the total exact.
-        """
-        limit = self.context.settings.trials
-        if limit is None:
-            return
-        earlier = self.study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING, TrialState.WAITING))
-        if sum(t.number < trial.number for t in earlier) >= limit:
-            trial.set_user_attr("fail_reason", SURPLUS_REASON)
-            raise SurplusTrial(SURPLUS_REASON)
 
     def _store_figures(self, trial: optuna.Trial, figs: Figures) -> None:
         trial.set_user_attr("params", figs.params)
@@ -417,5 +402,3 @@ class CandidateFailed(Exception):
     """One trial's network failed (see :meth:`TrialRunner.__call__`): the trial fails, the worker goes on."""
 
 
-class SurplusTrial(Exception):
-    """Raised inside a trial that the study no longer needs (see TrialRunner._refuse_surplus)."""

@@ -31,6 +31,7 @@ from conftest import FLOW, POSTGRES_ENV, postgres_database, run_cli
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
+from autosculpt.search.quota import COUNTED, is_surplus
 from autosculpt.search.storage import RetryStaleTrial, _Storage
 
 SMOKE = ("--preset", "smoke", "--budget-ms", "50")  # every candidate is within 50 ms: all are fine-tuned
@@ -39,7 +40,6 @@ FAST_HEARTBEAT = {"AUTOSCULPT_HEARTBEAT_SECONDS": "1", "AUTOSCULPT_GRACE_SECONDS
 GRACE_S = 4
 PASSWORD = "Sup3rSecretPw"
 TOKEN = "workers-test-token-9c1d"
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 needs_postgres = pytest.mark.skipif(not os.environ.get(POSTGRES_ENV), reason=f"set {POSTGRES_ENV} (CI does)")
 
@@ -251,7 +251,7 @@ def test_workers_finish_exactly_the_trials_asked(crowd, backend):
     finally:
         reader.close()
     failed = [t for t in everything if t.state == TrialState.FAIL]
-    assert all(t.user_attrs.get("fail_reason", "").startswith("surplus") for t in failed)
+    assert all(is_surplus(t) for t in failed)
     spans = sorted((t.datetime_start, t.datetime_complete) for t in everything if t.state in COUNTED)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), "no two trials ran at the same time"
     for index in range(1, run.workers):  # every spawned worker ran and said so

@@ -6,8 +6,9 @@ import time
 from dataclasses import fields, replace
 
 from ...errors import UserError
-from ..runner import counted_trials
 from ..settings import SETTINGS_ATTR, Settings
+from ..best import ranked_within
+from ..quota import TrialQuota
 from ..storage import storage_url
 from ..study import open_existing, prepare
 from ._common import add_command, add_search_options, add_storage_option
@@ -41,7 +42,9 @@ def run(args) -> int:
     study, stored = open_existing(args.name, url)
     settings = merged_settings(study, stored, args)
     study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
-    console.print(f"resuming {args.name}: {counted_trials(study)} trials stored, {settings.trials} in all")
+    console.print(f"resuming {args.name}: {TrialQuota(study, settings).counted()} trials stored, {settings.trials} in all")
+    if settings.budget_ms != stored.budget_ms:
+        console.print(budget_change_note(study, stored.budget_ms, settings.budget_ms))
     run_workers(args.name, url, prepare(settings), args.workers, storage_flag(args.storage))
     return finish_study(args.name, url, args.out)
 
@@ -52,7 +55,7 @@ def merged_settings(study, stored: Settings, args) -> Settings:
     is refused unless ``--force``."""
     given = {k: v for k, v in settings_given(args).items() if v is not None and k in {f.name for f in fields(Settings)}}
     if "trials" in given:
-        given["trials"] = counted_trials(study) + given["trials"]
+        given["trials"] = TrialQuota(study, stored).counted() + given["trials"]
     if "timeout_s" in given:
         given["timeout_s"] += time.time() - study.user_attrs.get("started_at", time.time())
     changed = {k for k, v in given.items() if getattr(stored, k) != v}
@@ -61,3 +64,12 @@ def merged_settings(study, stored: Settings, args) -> Settings:
         shown = ", ".join(f"{k} (stored {getattr(stored, k)!r}, given {given[k]!r})" for k in refused)
         raise UserError(f"study {study.study_name!r} was made with other settings: {shown}; drop them or add --force")
     return replace(stored, **given)
+
+
+def budget_change_note(study, old_ms: float, new_ms: float) -> str:
+    """One line on what a changed budget means for the stored trials."""
+    trials = study.get_trials(deepcopy=False)
+    within = len(ranked_within(trials, new_ms))
+    return (f"budget changed from {old_ms:g} to {new_ms:g} ms: {within} stored trials are within it. "
+            f"Report, export and the live view judge every trial's measured latency against {new_ms:g} ms; "
+            "the stored trials keep their Optuna constraint of the old budget (finished trials are read-only).")
