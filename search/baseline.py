@@ -1,8 +1,10 @@
 """The dense model the search compresses: built from a preset or a user's class, trained once, cached.
 
-The cache key is (model, weights file, data fingerprint, seed, epochs); the cache holds a
-state dict (loaded with ``weights_only=True``) and a JSON file with its scores, never a
-pickled module.
+The cache key is (model, weights file, data fingerprint, seed, epochs, torch version); the
+cache holds a state dict (written atomically, loaded with ``weights_only=True``), never a
+pickled module. A study stores its baseline's state dict as an artifact when it is
+created (:func:`autosculpt.search.study.create_study`): its workers and its export use
+that one (:func:`from_state`), whatever their own caches hold.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from ..space import PRESETS, UNet, load_user_model, preset_config
-from .cache import cache_dir
-from .data import SegmentationData
 from ..errors import UserError
+from ..space import PRESETS, UNet, load_user_model, preset_config
+from .cache import cache_dir, write_atomically
+from .data import SegmentationData
 from .train import Schedule, Scores, evaluate, train
 
 # Epochs that take each preset's baseline to a mean foreground Dice of 0.9+ on the
@@ -36,7 +38,7 @@ class Baseline:
     spec: str
     val: Scores
     test: Scores
-    state_path: Path
+    state_path: Path | None  # the local cache file; None for a baseline read from a study
 
 
 def build_model(spec: str, data: SegmentationData, weights: str | None = None) -> nn.Module:
@@ -58,7 +60,7 @@ def example_input(data: SegmentationData, batch: int = 1) -> torch.Tensor:
 def baseline_key(spec: str, data: SegmentationData, seed: int, epochs: int, weights: str | None) -> str:
     """Cache key of a baseline: every input that changes its weights."""
     weights_digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest() if weights else None
-    text = json.dumps([spec, weights_digest, data.fingerprint, seed, epochs])
+    text = json.dumps([spec, weights_digest, data.fingerprint, seed, epochs, torch.__version__])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -79,9 +81,20 @@ def get_baseline(
     else:
         _train_with_progress(model, data, Schedule(epochs=epochs, seed=seed), spec)
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), state_path)
-    model.eval()
-    return Baseline(model, spec, evaluate(model, data.val, data.class_names), evaluate(model, data.test, data.class_names), state_path)
+        write_atomically(state_path, lambda partial: torch.save(model.state_dict(), partial))
+    return _scored(model.eval(), spec, data, state_path)
+
+
+def from_state(spec: str, data: SegmentationData, state: dict[str, torch.Tensor], weights: str | None = None) -> Baseline:
+    """The baseline rebuilt from a stored state dict (a study's), bit for bit, and scored."""
+    model = build_model(spec, data, weights)
+    model.load_state_dict(state)
+    return _scored(model.eval(), spec, data, None)
+
+
+def _scored(model: nn.Module, spec: str, data: SegmentationData, state_path: Path | None) -> Baseline:
+    return Baseline(model, spec, evaluate(model, data.val, data.class_names), evaluate(model, data.test, data.class_names),
+                    state_path)
 
 
 def _train_with_progress(model: nn.Module, data: SegmentationData, schedule: Schedule, spec: str) -> None:

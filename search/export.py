@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,18 +21,19 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from ..reports import QualitativeSample
+from ..errors import UserError
 from ..space import Recipe, figures, rebuild
 from .data import SegmentationData
-from ..errors import UserError
 from .latency import measure_onnx, pooled
 from .onnx_io import to_onnx
 from .polish import polish_record, polished_weights
+from .samples import QualitativeSample
 from .settings import Settings
 from .storage import artifact_store
-from .study import Context, environment, prepare, study_reference
+from .study import Context, environment, prepare, study_baseline, study_reference
 from .train import dice_counts, predict, scores_from_counts
 from .verdict import Verdict, trade_off
+from .weights import download_state_dict
 
 SAMPLE_COUNT = 4
 EXPORT_MEASUREMENTS = 3  # pooled for the verdict
@@ -59,7 +59,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
         raise UserError(f"trial {trial.number} has no fine-tuned weights (state {trial.state.name}, "
                         f"feasible={trial.user_attrs.get('feasible')}): export a complete trial within budget")
     settings = Settings.from_dict(study.user_attrs["settings"])
-    context = context or prepare(replace(settings, distill=0.0))
+    context = context or prepare(replace(settings, distill=0.0), study_baseline(study, storage_url))
     net = trial_network(trial, context, storage_url, study)
     folder.mkdir(parents=True, exist_ok=True)
     onnx_bytes = to_onnx(net, tuple(context.example.shape))
@@ -99,11 +99,7 @@ def trial_network(trial: FrozenTrial, context: Context, storage_url: str, study:
     """The trial's network from baseline + recipe + its stored state dict: the polished one
     when ``study`` kept a polish of this trial, else the trial's own fine-tuned weights."""
     artifact_id = (study and polished_weights(study, trial)) or trial.user_attrs["weights_artifact"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "weights.pt"
-        optuna.artifacts.download_artifact(artifact_store=artifact_store(storage_url),
-                                           artifact_id=artifact_id, file_path=str(path))
-        state = torch.load(path, weights_only=True)
+    state = download_state_dict(artifact_store(storage_url), artifact_id)
     recipe = Recipe.from_dict(trial.user_attrs["recipe"])
     return rebuild(context.baseline.model, recipe, context.example, state).eval()
 

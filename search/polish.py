@@ -18,7 +18,8 @@ import torch
 from optuna.trial import FrozenTrial
 
 from .storage import artifact_store
-from .study import Context, upload_state_dict
+from .study import Context
+from .weights import upload_state_dict
 from .train import Schedule, evaluate, teacher_logits, train
 
 POLISH_ATTR = "polish"

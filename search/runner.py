@@ -18,7 +18,8 @@ from .progress import LiveView
 from .quota import SurplusTrial, TrialQuota, is_surplus
 from .settings import Settings
 from .storage import STORAGE_PATIENCE_SECONDS, exception_chain, failure_reason, is_storage_failure, masked
-from .study import CandidateFailed, Context, TrialRunner, make_pruner
+from .study import Context
+from .trial import CandidateFailed, TrialRunner, make_pruner
 
 # A worker whose trials fail this many times in a row stops: something is broken
 # (target agent down, disk full) and looping would only fill the study with failures.

@@ -1,42 +1,41 @@
 """The study: maximise validation Dice, with the latency budget as an Optuna constraint.
 
-A study is created once with its :class:`Settings`, its baseline's figures and its
-latency reference stored in its user attributes; any number of workers (processes,
-machines) then open it by name and run trials until the study's trial count or time
-limit is reached. Every trial's network is projected onto the budget
-(:mod:`.projection`), so the study compares shapes at equal latency and one objective
-suffices; Optuna's pruner stops unpromising fine-tunes (multi-fidelity). What a trial
-stores is listed in :class:`TrialRunner`.
+A study is created once with its :class:`Settings`, its baseline (figures as a user
+attribute, state dict as an artifact) and its latency reference; any number of workers
+(processes, machines) then open it by name, :func:`prepare` their :class:`Context` with
+the study's baseline, and run trials (:mod:`.trial`) until the study's trial count or
+time limit is reached (:mod:`.quota`). Every trial's network is projected onto the
+budget (:mod:`.projection`), so the study compares shapes at equal latency and one
+objective suffices; Optuna's pruner stops unpromising fine-tunes (multi-fidelity).
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import onnxruntime
 import optuna
 import torch
 import torch_pruning
 
+from ..errors import UserError
 from ..space import (Figures, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, figures, layer_groups,
                      model_digest, warm_start)
-from .baseline import Baseline, build_model, example_input, get_baseline
+from .baseline import Baseline, build_model, example_input, from_state, get_baseline
 from .data import SegmentationData, load_data
-from ..errors import UserError
-from .latency import LatencyStats, Reference, Target, TargetUnavailable, clear_of, cpu_model, measure, pooled
+from .latency import LatencyStats, Reference, Target, cpu_model, measure, pooled
 from .onnx_io import to_onnx
-from .projection import CostModel, LatencyCache, LatencyModel, chosen, project
-from .quota import SurplusTrial, TrialQuota
+from .projection import CostModel, LatencyCache
 from .settings import SETTINGS_ATTR, Settings
-from .storage import artifact_store, is_storage_failure, load_study, open_storage
-from .train import Schedule, Scores, evaluate, teacher_logits, train
+from .storage import artifact_store, load_study, open_storage
+from .train import teacher_logits
+from .weights import download_state_dict, upload_state_dict
 
 REFERENCE_ATTR = "latency_reference"
+BASELINE_ATTR = "baseline_artifact"  # the study's baseline state dict, an Optuna artifact
 CALIBRATION_MEASUREMENTS = 3  # pooled measurements of the reference's own latency
 
 
@@ -56,8 +55,11 @@ class Context:
     calibration: tuple[torch.Tensor, torch.Tensor]
 
 
-def prepare(settings: Settings) -> Context:
-    """Load data, the cached baseline and the space; precompute the teacher's logits.
+def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None = None) -> Context:
+    """Load data, the baseline and the space; precompute the teacher's logits.
+
+    The baseline is ``baseline_state`` when given (a study's own, see :func:`study_baseline`:
+    what every worker and export of a study must use), else the cached or newly trained one.
 
     The model's layer groups are found, and a recipe of the space's importance is tried,
     on an untrained copy first, so a model that cannot be pruned as the space asks is
@@ -72,7 +74,8 @@ def prepare(settings: Settings) -> Context:
     groups = layer_groups(untrained, example, ignore=space.ignore)
     calibration = calibration_batch(data)
     apply_recipe(untrained, uniform_recipe(space, 0.5, importance=space.importance), example, calibration)
-    baseline = get_baseline(settings.model, data, seed=settings.seed, epochs=settings.baseline_epochs, weights=settings.weights)
+    baseline = (from_state(settings.model, data, baseline_state, settings.weights) if baseline_state is not None else
+                get_baseline(settings.model, data, seed=settings.seed, epochs=settings.baseline_epochs, weights=settings.weights))
     teacher = teacher_logits(baseline.model, data.train.images) if settings.distill > 0 else None
     return Context(settings, data, baseline, groups, space, Target.from_dict(settings.target), example,
                    figures(baseline.model, example, groups), teacher, calibration)
@@ -119,6 +122,7 @@ def create_study(name: str, url: str, settings: Settings, context: Context) -> t
     study.set_user_attr("environment", environment())
     study.set_user_attr("started_at", time.time())
     study.set_user_attr("baseline", baseline_record(context, baseline_stats))
+    study.set_user_attr(BASELINE_ATTR, upload_state_dict(artifact_store(url), study, context.baseline.model, "baseline.pt"))
     if reference is not None:
         study.set_user_attr(REFERENCE_ATTR, reference)
     _seed_cache(study, context, reference, baseline_stats)
@@ -178,6 +182,13 @@ def budget_fraction(budget_ms: float, baseline_ms: float) -> float:
     return min(1.0, (budget_ms / baseline_ms) ** (1 / 1.6))
 
 
+def study_baseline(study: optuna.Study, url: str) -> dict[str, torch.Tensor] | None:
+    """The state dict of the baseline ``study`` was created with (None for a study stored
+    before baselines were), for :func:`prepare`."""
+    artifact_id = study.user_attrs.get(BASELINE_ATTR)
+    return None if artifact_id is None else download_state_dict(artifact_store(url), artifact_id)
+
+
 def open_existing(name: str, url: str) -> tuple[optuna.Study, Settings]:
     """The stored study ``name`` and its settings."""
     study = load_study(name, open_storage(url))
@@ -214,191 +225,3 @@ def baseline_record(context: Context, stats: LatencyStats) -> dict:
         "channels": context.baseline_figures.channels,
         "file_size": onnx_size,
     }
-
-
-class TrialRunner:
-    """The objective: one sampled shape, projected onto the budget, fine-tuned and scored.
-
-    Stores as user attributes: ``recipe``, ``params``, ``macs``, ``param_ratio``,
-    ``mac_ratio``, ``channels``, ``latency`` (full stats, with their clock and how many
-    measurements they pool), ``latency_ms``, ``latency_p90_ms``, ``threads``, ``runtime``,
-    ``predicted_ms`` (the latency model's figure for the chosen width), ``projection``
-    (every measured width), ``measurements`` (latency measurements this trial made),
-    ``feasible``, ``finetuned``, ``dice``, ``dice_per_class``, ``dice_by_epoch``,
-    ``time_measure_s``, ``time_finetune_s`` or (not fine-tuned) ``time_eval_s``,
-    ``weights_artifact`` and, on failure, ``fail_reason``. The constraint ``latency`` is
-    latency minus budget (feasible <= 0).
-
-    A trial enqueued with the user attribute ``budget_fraction`` is projected onto that
-    fraction of the budget instead (the report's trade-off); it reports no intermediate
-    Dice, so the pruner compares only trials at the budget. A shape whose narrowest
-    network is still over its goal is scored without fine-tuning.
-    """
-
-    def __init__(self, context: Context, study: optuna.Study, storage_url: str, quota: TrialQuota, on_phase=None):
-        self.context = context
-        self.study = study
-        self.quota = quota
-        self.store = artifact_store(storage_url)
-        self.on_phase = on_phase or (lambda trial, text: None)
-        self.reference = study_reference(study, context)
-        self.cache = LatencyCache(study, context.settings.target, tuple(context.example.shape),
-                                  None if self.reference is None else self.reference.median_ms)
-        self.cost = CostModel(context.baseline.model, context.example, context.groups)
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        """The trial's validation Dice. A failure of this one candidate (it cannot be measured,
-        exported or trained) raises :class:`CandidateFailed` with the reason stored as
-        ``fail_reason``; storage failures, pruning, surplus and an unreachable target pass."""
-        try:
-            return self._run(trial)
-        except (optuna.TrialPruned, SurplusTrial, TargetUnavailable):
-            raise
-        except Exception as error:
-            if is_storage_failure(error) or isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
-                raise
-            reason = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
-            trial.set_user_attr("fail_reason", reason)
-            raise CandidateFailed(reason) from error
-
-    def _run(self, trial: optuna.Trial) -> float:
-        self.quota.claim(trial)
-        ctx = self.context
-        fraction = trial.user_attrs.get("budget_fraction", 1.0)
-        shape = normalised(ctx.space.sample(trial, ctx.groups))
-        self.on_phase(trial, "projecting onto the budget")
-        start = time.perf_counter()
-        net, stats, recipe, within = self._project(trial, shape, ctx.settings.budget_ms * fraction)
-        trial.set_user_attr("time_measure_s", time.perf_counter() - start)
-        trial.set_user_attr("recipe", recipe.to_dict())
-        self._store_figures(trial, figures(net, ctx.example, ctx.groups))
-        over_budget = stats.median_ms - ctx.settings.budget_ms
-        trial.set_constraint("latency", over_budget)
-        trial.set_user_attr("feasible", over_budget <= 0)
-        trial.set_user_attr("finetuned", within)
-        scores = self._finetune(trial, net, report=fraction == 1.0) if within else self._evaluate(trial, net)
-        trial.set_user_attr("dice", scores.mean)
-        trial.set_user_attr("dice_per_class", scores.per_class)
-        return scores.mean
-
-    def _project(self, trial: optuna.Trial, shape: Recipe, goal_ms: float):
-        """(network, its stats, its recipe, whether it is within ``goal_ms``): the widest
-        network of ``shape`` within the goal, else the narrowest one measured."""
-        ctx = self.context
-        nets: dict[float, torch.nn.Module] = {}
-        made = []
-
-        def plan_of(width: float) -> dict[str, int]:
-            return channel_plan(ctx.groups, replace(shape, width=width))
-
-        def measure_width(width: float, plan: dict[str, int]) -> LatencyStats:
-            stats = self.cache.get(plan)
-            if stats is None:
-                nets[width] = apply_recipe(ctx.baseline.model, replace(shape, width=width), ctx.example, ctx.calibration)
-                self.on_phase(trial, f"measuring width {width:.3f}")
-                stats = self._measure(trial, nets[width], goal_ms)
-                made.append(stats.measurements)
-                self.cache.put(plan, self.cost(plan), stats)
-            return stats
-
-        probes = project(plan_of, self.cost, measure_width, LatencyModel.fit(self.cache.points()), goal_ms)
-        best = chosen(probes, goal_ms) or min(probes, key=lambda p: p.width)
-        recipe = replace(shape, width=best.width)
-        net = nets.get(best.width) or apply_recipe(ctx.baseline.model, recipe, ctx.example, ctx.calibration)
-        trial.set_user_attr("projection", [p.to_dict() for p in probes])
-        trial.set_user_attr("measurements", sum(made))
-        trial.set_user_attr("predicted_ms", best.predicted_ms)
-        self._store_latency(trial, best.stats)
-        return net, best.stats, recipe, best.stats.median_ms <= goal_ms
-
-    def _measure(self, trial: optuna.Trial, net: torch.nn.Module, goal_ms: float) -> LatencyStats:
-        shape = tuple(self.context.example.shape)
-        try:
-            return clear_of(goal_ms, lambda: measure(net, shape, self.context.target, self.reference))
-        except TargetUnavailable as error:
-            trial.set_user_attr("fail_reason", str(error))
-            raise
-
-    def _store_figures(self, trial: optuna.Trial, figs: Figures) -> None:
-        trial.set_user_attr("params", figs.params)
-        trial.set_user_attr("macs", figs.macs)
-        trial.set_user_attr("channels", figs.channels)
-        for key, value in figs.ratios_against(self.context.baseline_figures).items():
-            trial.set_user_attr(key, value)
-
-    def _store_latency(self, trial: optuna.Trial, stats: LatencyStats) -> None:
-        trial.set_user_attr("latency", stats.to_dict())
-        trial.set_user_attr("latency_ms", stats.median_ms)
-        trial.set_user_attr("latency_p90_ms", stats.p90_ms)
-        trial.set_user_attr("threads", stats.threads)
-        trial.set_user_attr("runtime", stats.runtime)
-
-    def _evaluate(self, trial: optuna.Trial, net: torch.nn.Module) -> Scores:
-        """Validation scores of a network as it is (over budget, so not fine-tuned)."""
-        start = time.perf_counter()
-        scores = evaluate(net, self.context.data.val, self.context.data.class_names)
-        trial.set_user_attr("time_eval_s", time.perf_counter() - start)
-        return scores
-
-    def _finetune(self, trial: optuna.Trial, net: torch.nn.Module, report: bool) -> Scores:
-        """Fine-tune, reporting each epoch's validation Dice to the study's pruner when
-        ``report``; a pruned fine-tune raises :class:`optuna.TrialPruned`.
-
-        Returns the validation scores after the last epoch; their cost (one evaluation per
-        epoch) is part of ``time_finetune_s``.
-        """
-        ctx = self.context
-        schedule = Schedule(epochs=ctx.settings.epochs, seed=ctx.settings.seed + trial.number, distill=ctx.settings.distill)
-        history: list[float] = []
-
-        def on_epoch(epoch: int, loss: float, scores: Scores) -> bool:
-            history.append(scores.mean)
-            trial.set_user_attr("dice_by_epoch", history)
-            self.on_phase(trial, f"fine-tuning epoch {epoch + 1}/{schedule.epochs}  val Dice {scores.mean:.3f}")
-            if report:
-                trial.report(scores.mean, epoch + 1)
-                if trial.should_prune():
-                    trial.set_user_attr("dice", scores.mean)
-                    raise optuna.TrialPruned(f"Dice {scores.mean:.3f} at epoch {epoch + 1} is below the trials' it is compared with")
-            return True
-
-        net.train()
-        start = time.perf_counter()
-        scores = train(net, ctx.data, schedule, teacher_outputs=ctx.teacher_outputs, on_epoch=on_epoch)
-        trial.set_user_attr("time_finetune_s", time.perf_counter() - start)
-        self._upload_weights(trial, net)
-        return scores
-
-    def _upload_weights(self, trial: optuna.Trial, net: torch.nn.Module) -> None:
-        """Store the fine-tuned state dict as an Optuna artifact of the trial."""
-        trial.set_user_attr("weights_artifact", upload_state_dict(self.store, trial, net, f"trial-{trial.number}.pt"))
-
-
-def upload_state_dict(store, study_or_trial, net: torch.nn.Module, file_name: str) -> str:
-    """Store ``net``'s state dict as an Optuna artifact of a study or trial; its artifact id."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / file_name
-        torch.save(net.state_dict(), path)
-        return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study_or_trial)
-
-
-def normalised(recipe: Recipe) -> Recipe:
-    """The shape of ``recipe``: its keeps relative to the largest (times its width), width 1.
-
-    Whatever width the space sampled, the projection decides the width.
-    """
-    largest = max(recipe.keep.values(), default=1.0)
-    return replace(recipe, keep={name: keep / largest for name, keep in recipe.keep.items()}, width=1.0)
-
-
-def make_pruner(settings: Settings) -> optuna.pruners.BasePruner:
-    """Successive halving over fine-tuning epochs: every shape gets 3/8 of the epochs (3 of
-    8: past the one-cycle schedule's peak learning rate, where Dice starts to rank shapes),
-    the best third of those at each rung three times as many."""
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, settings.epochs * 3 // 8), reduction_factor=3)
-
-
-class CandidateFailed(Exception):
-    """One trial's network failed (see :meth:`TrialRunner.__call__`): the trial fails, the worker goes on."""
-
-

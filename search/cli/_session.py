@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ..runner import run_worker
 from ..storage import masked
 from ..best import best_feasible
-from ..study import Context, open_existing, prepare
+from ..study import Context, open_existing, prepare, study_baseline
 
 console = Console(stderr=True, highlight=False)
 
@@ -87,7 +87,7 @@ def finish_study(name: str, url: str, out: str | None) -> int:
         report = write_report(study, folder / "report.html")
         console.print(f"report: {report}")
         return 1
-    context = prepare(replace(settings, distill=0.0))
+    context = prepare(replace(settings, distill=0.0), study_baseline(study, url))
     if settings.polish and polish_record(study, best) is None:
         _polish(study, best, trial_network(best, context, url), replace(context, settings=settings), url)
     exported = export_trial(study, best, folder, url, context=context)

@@ -10,7 +10,7 @@ from ..settings import SETTINGS_ATTR, Settings
 from ..best import ranked_within
 from ..quota import TrialQuota
 from ..storage import storage_url
-from ..study import open_existing, prepare
+from ..study import open_existing, prepare, study_baseline
 from ._common import add_command, add_search_options, add_storage_option
 from ._session import console, finish_study, run_workers
 from .search import VERDICT_HELP, settings_given, storage_flag
@@ -45,7 +45,7 @@ def run(args) -> int:
     console.print(f"resuming {args.name}: {TrialQuota(study, settings).counted()} trials stored, {settings.trials} in all")
     if settings.budget_ms != stored.budget_ms:
         console.print(budget_change_note(study, stored.budget_ms, settings.budget_ms))
-    run_workers(args.name, url, prepare(settings), args.workers, storage_flag(args.storage))
+    run_workers(args.name, url, prepare(settings, study_baseline(study, url)), args.workers, storage_flag(args.storage))
     return finish_study(args.name, url, args.out)
 
 

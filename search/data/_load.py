@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cache import cache_dir
+from ..cache import cache_dir, write_atomically
 from ...errors import UserError
 from . import _cardiac
 from ._files import read_folder
@@ -74,10 +74,12 @@ def _generated(image_size: int, seed: int, patients: int) -> Slices:
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         pass  # missing, or torn by a crash: generate it again
     images, masks, groups = _cardiac.generate(image_size, seed, patients)
-    partial = file.with_name(f"{file.name}.{os.getpid()}.tmp")
-    with open(partial, "wb") as handle:
-        np.savez(handle, images=images, masks=masks, groups=np.array(groups))
-    os.replace(partial, file)
+
+    def save(partial: Path) -> None:
+        with partial.open("wb") as handle:
+            np.savez(handle, images=images, masks=masks, groups=np.array(groups))
+
+    write_atomically(file, save)
     return Slices(images, masks, groups, _cardiac.CLASS_NAMES)
 
 

@@ -1,0 +1,54 @@
+"""A study's baseline belongs to the study: workers and export use its stored state dict, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autosculpt.search.baseline import baseline_key
+from autosculpt.search.cache import write_atomically
+from autosculpt.search.data import load_data
+from autosculpt.search.settings import with_preset
+from autosculpt.search.study import create_study, prepare, study_baseline
+
+
+def test_workers_use_the_study_baseline_not_their_own_cache(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    settings, _ = with_preset("smoke", {"budget_ms": 50.0, "trials": 1})
+    creator = prepare(settings)
+    study, settings = create_study("own-baseline", url, settings, creator)
+    stored = {k: v.clone() for k, v in creator.baseline.model.state_dict().items()}
+    # Another worker's cache holds other weights (another torch, a torn write, another run).
+    state_path = creator.baseline.state_path
+    original = state_path.read_bytes()
+    try:
+        torch.save({k: v + 1.0 if v.is_floating_point() else v for k, v in stored.items()}, state_path)
+        assert not torch.equal(prepare(settings).baseline.model.state_dict()[next(iter(stored))], next(iter(stored.values())))
+        worker = prepare(settings, study_baseline(study, url))
+    finally:
+        state_path.write_bytes(original)
+    assert all(torch.equal(worker.baseline.model.state_dict()[k], v) for k, v in stored.items())
+    assert worker.baseline.state_path is None
+
+
+def test_the_cache_key_names_the_torch_version(monkeypatch):
+    data = load_data(None, image_size=32, seed=0, patients=6)
+    key = baseline_key("unet-tiny", data, 0, 1, None)
+    monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+    assert baseline_key("unet-tiny", data, 0, 1, None) != key
+
+
+def test_a_failed_cache_write_keeps_the_old_file_and_leaves_no_partial_one(tmp_path):
+    path = tmp_path / "state.pt"
+    path.write_bytes(b"whole old file")
+
+    def torn(partial):
+        partial.write_bytes(b"half a")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_atomically(path, torn)
+    assert path.read_bytes() == b"whole old file"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+    write_atomically(path, lambda partial: partial.write_bytes(b"new"))
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["state.pt"]
