@@ -18,6 +18,9 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # glibc malloc keeps freed memory instead of unmapping it: eager PyTorch otherwise takes
 # ~1000 page faults per run of a small U-Net, whose cost swings with the machine's load.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+# How Python, ONNX Runtime, C++ and OpenBLAS say that an allocation failed.
+ALLOCATION_FAILED = ("MemoryError", "Failed to allocate memory", "bad_alloc", "Cannot allocate memory",
+                     "Memory allocation")
 
 
 class Meter(ABC):
@@ -55,7 +58,15 @@ class Meter(ABC):
 
 
 class LocalMeter(Meter):
-    """Measures on this machine, in a child ``python -m autosculpt.search.latency._worker``."""
+    """Measures on this machine, in a child ``python -m autosculpt.search.latency._worker``.
+
+    ``memory_mb`` caps the writable memory of that child (none by default): a model that
+    needs more fails with a :class:`MeasurementError` that names the cap.
+    """
+
+    def __init__(self, target: Target, memory_mb: int | None = None) -> None:
+        super().__init__(target)
+        self.memory_mb = memory_mb
 
     def measure_onnx(self, onnx_bytes: bytes, shape: tuple[int, ...], reference: Reference | None = None) -> LatencyStats:
         with tempfile.TemporaryDirectory(prefix="autosculpt-latency-") as folder:
@@ -93,6 +104,8 @@ class LocalMeter(Meter):
         spec = {"model": str(model_path), "shape": list(shape), "target": self.target.to_dict(), "out": str(out)}
         if reference is not None:
             spec["reference"], spec["reference_ms"] = str(reference[0]), reference[1]
+        if self.memory_mb is not None:
+            spec["memory_mb"] = self.memory_mb
         command = [sys.executable, "-m", "autosculpt.search.latency._worker", json.dumps(spec)]
         try:
             done = subprocess.run(  # in the model's own folder: ONNX external data cannot reach other files
@@ -100,10 +113,15 @@ class LocalMeter(Meter):
                 capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
             )
         except subprocess.TimeoutExpired:
-            raise MeasurementError(f"measuring took over {WORKER_TIMEOUT_S:.0f} s: give a smaller model or input") from None
-        if done.returncode != 0:
-            raise MeasurementError(f"the model could not be measured: {_failure(done)}")
-        return LatencyStats.from_dict(json.loads(out.read_text()))
+            cap = "" if self.memory_mb is None else f" (or it hung short of memory under its {self.memory_mb} MB cap)"
+            raise MeasurementError(f"measuring took over {WORKER_TIMEOUT_S:.0f} s{cap}: "
+                                   "give a smaller model or input") from None
+        if done.returncode == 0:
+            return LatencyStats.from_dict(json.loads(out.read_text()))
+        if self.memory_mb is not None and any(text in done.stderr for text in ALLOCATION_FAILED):
+            raise MeasurementError(f"the measuring process ran out of its {self.memory_mb} MB memory cap: "
+                                   f"{_failure(done)}")
+        raise MeasurementError(f"the model could not be measured: {_failure(done)}")
 
 
 def meter_for(target: Target) -> Meter:

@@ -6,6 +6,8 @@ of a second and runs nothing but the timing. It fixes the thread count, pins its
 core when it runs one thread, warms up, then times single runs in ``rounds`` rounds spread
 over a window of at least ``min_seconds`` (longer for slow models: ``min_runs`` runs), at
 most ``max_seconds``.
+
+With ``memory_mb`` in the spec it first caps its own memory (see :func:`_cap_memory`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
 
 
 def _worker(spec: dict) -> None:
+    if "memory_mb" in spec:
+        _cap_memory(int(spec["memory_mb"]))
     target = Target.from_dict(spec["target"])
     shape = tuple(spec["shape"])
     if target.threads == 1:
@@ -32,6 +36,20 @@ def _worker(spec: dict) -> None:
     reference = _ort_runner(Path(spec["reference"]), shape, target.threads) if "reference" in spec else None
     rounds = _time_rounds(run, reference, target)
     Path(spec["out"]).write_text(json.dumps(_stats(rounds, target, shape, spec.get("reference_ms")).to_dict()))
+
+
+def _cap_memory(megabytes: int) -> None:
+    """Let this process map at most ``megabytes`` MB of writable memory (heap, arrays, thread stacks).
+
+    ``RLIMIT_DATA`` rather than ``RLIMIT_AS``: glibc reserves 64 MB of address space per
+    thread's malloc arena (1.3 GB at 16 threads for a worker that uses 75 MB), and under an
+    address-space cap it would share arenas instead, timing the model with another
+    allocator than uncapped. Reserved space is not writable, so this cap leaves it alone.
+    """
+    import resource
+
+    limit = megabytes * 1_000_000
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
 def _pin_to_one_core() -> None:
