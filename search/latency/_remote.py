@@ -57,7 +57,10 @@ def _request(url: str, method: str, path: str, body: bytes | None) -> tuple[int,
     try:
         connection.connect()
         connection.sock.settimeout(WORKER_TIMEOUT_S + 60)  # the agent may queue us behind other measurements
-        connection.request(method, parts.path.rstrip("/") + path, body=body, headers=headers)
+        try:
+            connection.request(method, parts.path.rstrip("/") + path, body=body, headers=headers)
+        except ConnectionError:
+            pass  # the agent refused the request without reading the body, and closed: read why
         response = connection.getresponse()
         return response.status, response.read()
     except (OSError, http.client.HTTPException) as error:
@@ -79,6 +82,9 @@ def _remote_error(url: str, status: int, body: bytes, size: int) -> UserError:
     if status == 413:
         return UserError(f"the model ({size / 1e6:.1f} MB) is over the limit of the agent at {url}: "
                          "restart the agent with a larger --max-mb")
+    if status == 503:
+        return TargetUnavailable(f"the latency agent at {url} is busy ({message}): "
+                                 "try again, or send it fewer requests at once")
     if status == 400:
         return MeasurementError(f"the latency agent at {url} could not measure the model: {message}")
     return TargetUnavailable(f"the latency agent at {url} answered {status}: {message}")
