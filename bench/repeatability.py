@@ -10,7 +10,9 @@ other core busy (a numpy matmul loop), it measures each network five times in a 
   rounds least disturbed);
 - ``rounds + reference``: today's harness with the search's reference network (the
   dense net pruned uniformly to about the budget) timed in the same rounds, as every
-  trial and the export measure.
+  trial and the export measure;
+- ``autosculpt latency``: the command itself, run five times as a user would (a new
+  process each time), timing the network against this machine's cached reference.
 
 It prints each set's medians, their spread (max/min - 1) and the seconds one measurement
 takes (export to ONNX, worker process and timing included), naming the CPU. Back-to-back
@@ -24,8 +26,11 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
@@ -41,6 +46,7 @@ OLD = Target(min_runs=30, max_seconds=1.0, min_seconds=0.0, rounds=1)
 NEW = Target()
 QUICK = Target(min_runs=10, max_seconds=0.2, min_seconds=0.1)
 SETS = 5
+KEEP = {"unet keep 0.2": 0.2}  # the pruned network, as `autosculpt latency --keep` prunes it
 
 
 def busy_loop(n: int) -> None:
@@ -74,10 +80,10 @@ def networks(size: int) -> tuple[dict[str, torch.nn.Module], Reference, tuple[in
     shape = (1, 1, size, size)
     example = torch.randn(*shape)
     dense = UNet(preset_config("unet", 1, 4)).eval()
-    pruned = apply_recipe(dense, Recipe.uniform(0.2, round_to=4), example)
+    pruned = apply_recipe(dense, Recipe.uniform(KEEP["unet keep 0.2"]), example)
     reference = apply_recipe(dense, Recipe.uniform(0.18, round_to=4), example)
     calibration = statistics.median(measure(reference, shape, NEW).median_ms for _ in range(3))
-    return {"unet": dense, "unet keep 0.2": pruned}, Reference(to_onnx(reference, shape), calibration), shape
+    return {"unet": dense, f"unet keep {KEEP['unet keep 0.2']}": pruned}, Reference(to_onnx(reference, shape), calibration), shape
 
 
 def measure_set(net, shape, target: Target, reference: Reference | None) -> tuple[list[float], float]:
@@ -90,6 +96,25 @@ def measure_set(net, shape, target: Target, reference: Reference | None) -> tupl
     return medians, statistics.median(seconds)
 
 
+def cli_set(keep: float | None, size: int) -> tuple[list[float], float]:
+    """Medians of SETS back-to-back ``autosculpt latency`` commands and the median seconds one took."""
+    command = [sys.executable, "-m", "autosculpt.search.cli", "latency", "--size", str(size), "--format", "json"]
+    command += ["--keep", str(keep)] if keep is not None else []
+    medians, seconds = [], []
+    for _ in range(SETS):
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        seconds.append(time.perf_counter() - start)
+        medians.append(json.loads(done.stdout)["median_ms"])
+    return medians, statistics.median(seconds)
+
+
+def calibrate_cli(size: int) -> None:
+    """Calibrate this machine's reference for the command once, outside the timed sets."""
+    command = [sys.executable, "-m", "autosculpt.search.cli", "latency", "--size", str(size), "--recalibrate"]
+    subprocess.run(command, capture_output=True, text=True, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 32x32 and short timings")
@@ -98,7 +123,9 @@ def main() -> None:
     console = Console(width=160)
     started = time.perf_counter()
     nets, reference, shape = networks(size)
-    harnesses = {"single window": (old, None), "rounds": (new, None), "rounds + reference": (new, reference)}
+    calibrate_cli(size)
+    harnesses = {"single window": (old, None), "rounds": (new, None), "rounds + reference": (new, reference),
+                 "autosculpt latency": (None, None)}
     table = Table(title=f"{SETS} back-to-back medians at {size}x{size}, ONNX Runtime, 1 thread, on {cpu_model()} "
                         f"({os.cpu_count()} cores); reference {reference.median_ms:.3f} ms")
     for column in ("network", "machine", "harness", "medians ms", "spread", "s / measurement"):
@@ -107,7 +134,10 @@ def main() -> None:
         with neighbour(loaded, 256 if args.quick else 1024):
             for name, net in nets.items():
                 for harness, (target, ref) in harnesses.items():
-                    medians, seconds = measure_set(net, shape, target, ref)
+                    if target is None:
+                        medians, seconds = cli_set(KEEP.get(name), size)
+                    else:
+                        medians, seconds = measure_set(net, shape, target, ref)
                     table.add_row(name, "other core busy" if loaded else "idle", harness,
                                   " ".join(f"{m:.3f}" for m in medians), f"{max(medians) / min(medians) - 1:.1%}",
                                   f"{seconds:.2f}")

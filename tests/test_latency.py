@@ -102,6 +102,19 @@ def test_cli_latency_json_of_a_pruned_preset():
     assert stats.input_shape == SHAPE and stats.runtime == "ort" and stats.threads == 1
 
 
+def test_cli_latency_times_against_the_machine_reference_calibrated_once():
+    argv = ("latency", "--model", "unet-tiny", "--size", "32", "--format", "json")
+    first = json.loads(run_cli(*argv, "--recalibrate").stdout)
+    second = json.loads(run_cli(*argv).stdout)
+    alone = json.loads(run_cli(*argv, "--alone").stdout)
+    assert first["reference"]["measurements"] == 5 and first["reference"]["network"] == "unet keep 0.25"
+    assert second["reference"]["calibrated_at"] == first["reference"]["calibrated_at"]  # cached, not measured again
+    assert second["reference_ms"] == first["reference"]["median_ms"] and second["clock"] == "thread-cpu"
+    assert alone["reference"] is None and alone["reference_ms"] is None
+    recalibrated = json.loads(run_cli(*argv, "--recalibrate").stdout)
+    assert recalibrated["reference"]["calibrated_at"] > first["reference"]["calibrated_at"]
+
+
 def test_cli_latency_of_an_exported_folder(tmp_path):
     (tmp_path / "model.onnx").write_bytes(to_onnx(unet("unet-tiny"), (1, 1, 48, 48)))
     done = run_cli("latency", "--model", str(tmp_path), "--format", "json")

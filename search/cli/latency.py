@@ -1,19 +1,30 @@
-"""``autosculpt latency``: the CPU latency of a preset (optionally pruned) or an exported model."""
+"""``autosculpt latency``: the CPU latency of a preset (optionally pruned) or an exported model.
+
+Locally in ONNX Runtime the model is timed in the same rounds as this machine's reference
+network (``unet`` kept uniformly at REFERENCE_KEEP, calibrated once and cached: see
+:func:`~autosculpt.search.latency.machine_reference`), so back-to-back runs agree although
+the machine's speed drifts; ``--alone`` times it by itself.
+"""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 from ...errors import UserError
-from ..latency import Target, measure, measure_onnx
+from ..latency import Reference, Target, machine_reference, measure, measure_onnx
 from ._common import add_command, print_rows
+
+REFERENCE_KEEP = 0.25  # of unet's channels: about 3 ms at 96 px, between pruned nets and the dense one
 
 EXAMPLES = [
     "autosculpt latency                        # unet, 96x96, ONNX Runtime, 1 thread",
     "autosculpt latency --model unet-paper --keep 0.25 --threads 2",
     "autosculpt latency --runtime torch --format json",
     "autosculpt latency --model exports/best   # a folder holding model.onnx",
+    "autosculpt latency --alone                # timed by itself, as the machine runs it this second",
+    "autosculpt latency --recalibrate          # measure this machine's reference again",
     "AUTOSCULPT_AGENT_TOKEN=... autosculpt latency --target http://10.0.0.7:8765",
 ]
 
@@ -28,22 +39,60 @@ def register(subparsers) -> None:
     parser.add_argument("--target", metavar="URL", help="remote latency agent http://HOST:PORT (token in $AUTOSCULPT_AGENT_TOKEN)")
     parser.add_argument("--size", type=int, default=96, metavar="N", help="input size N x N, a multiple of 16 (default 96)")
     parser.add_argument("--classes", type=int, default=4, metavar="N", help="output classes of a preset (default 4)")
+    parser.add_argument("--alone", action="store_true",
+                        help="time the model by itself instead of against this machine's reference network")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="measure the reference's own latency again (cached per CPU, threads, runtime and size)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
 
 
 def run(args) -> int:
     target = Target(url=args.target, threads=args.threads, runtime=args.runtime)
     folder = Path(args.model)
-    stats = _measure_folder(folder, args, target) if folder.is_dir() else _measure_preset(args, target)
+    model, shape = _folder_model(folder, args) if folder.is_dir() else _preset(args)
+    reference, calibration = _reference(shape, target, args)
+    if isinstance(model, bytes):
+        stats = measure_onnx(model, shape, target, reference)
+    else:
+        stats = measure(model, shape, target, reference)
     if args.format == "json":
-        print(json.dumps(stats.to_dict(), indent=2))
+        print(json.dumps({**stats.to_dict(), "reference": calibration}, indent=2))
     else:
         rows = [{"field": key, "value": value} for key, value in {"model": _label(args), **stats.to_dict()}.items()]
         print_rows(rows, "table", title="latency")
+        print(_caption(calibration))
     return 0
 
 
-def _measure_folder(folder: Path, args, target: Target):
+def _reference(shape: tuple[int, ...], target: Target, args) -> tuple[Reference | None, dict | None]:
+    """This machine's reference for ``shape``, or (None, None) when the model is timed alone:
+    ``--alone``, a remote agent (it times models alone), eager PyTorch, or a shape the
+    reference U-Net cannot take."""
+    if args.alone or target.url or target.runtime != "ort" or len(shape) != 4 or shape[2] % 16 or shape[3] % 16:
+        return None, None
+    import torch
+
+    from ...space import Recipe, UNet, apply_recipe, preset_config
+    from ..onnx_io import to_onnx
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the same network, bit for bit, in every run: its calibration is cached by digest
+        net = UNet(preset_config("unet", shape[1], args.classes)).eval()
+    net = apply_recipe(net, Recipe.uniform(REFERENCE_KEEP), torch.zeros(*shape))
+    reference, record = machine_reference(to_onnx(net, shape), shape, target, recalibrate=args.recalibrate)
+    return reference, {**record, "network": f"unet keep {REFERENCE_KEEP:g}"}
+
+
+def _caption(calibration: dict | None) -> str:
+    if calibration is None:
+        return "median_ms: timed alone (raw_median_ms is the median of its rounds)"
+    when = datetime.fromtimestamp(calibration["calibrated_at"]).strftime("%Y-%m-%d %H:%M")
+    return (f"median_ms: relative to this machine's reference ({calibration['network']}, {calibration['median_ms']:.3f} ms "
+            f"as calibrated {when}), timed in the same rounds; raw_median_ms: as timed now. "
+            "--alone times the model by itself; --recalibrate measures the reference again.")
+
+
+def _folder_model(folder: Path, args) -> tuple[bytes, tuple[int, ...]]:
     """An exported model: its model.onnx at its own fixed input shape."""
     from ..onnx_io import onnx_input_shape
 
@@ -54,17 +103,16 @@ def _measure_folder(folder: Path, args, target: Target):
         raise UserError("an exported model is measured as it is, in ONNX Runtime: drop --keep and --runtime")
     onnx_bytes = path.read_bytes()
     try:
-        shape = onnx_input_shape(onnx_bytes)
+        return onnx_bytes, onnx_input_shape(onnx_bytes)
     except Exception as error:  # noqa: BLE001 - onnx raises several types for a bad file
         raise UserError(f"{path} is not a usable ONNX model ({error}): export it again") from None
-    return measure_onnx(onnx_bytes, shape, target)
 
 
-def _measure_preset(args, target: Target):
-    """A preset U-Net with fresh weights (latency does not depend on them), pruned if asked."""
+def _preset(args) -> tuple[object, tuple[int, ...]]:
+    """A preset U-Net with fresh weights (latency does not depend on them), pruned if asked, and its input shape."""
     import torch
 
-    from ...space.unet import UNet, preset_config
+    from ...space import Recipe, UNet, apply_recipe, preset_config
 
     if args.size < 16 or args.size % 16:
         raise UserError(f"--size {args.size} is not a multiple of 16: give e.g. --size 96")
@@ -73,10 +121,8 @@ def _measure_preset(args, target: Target):
     shape = (1, 1, args.size, args.size)
     model = UNet(preset_config(args.model, 1, args.classes)).eval()
     if args.keep is not None:
-        from ...space import Recipe, apply_recipe
-
         model = apply_recipe(model, Recipe.uniform(args.keep), torch.randn(*shape))
-    return measure(model, shape, target)
+    return model, shape
 
 
 def _label(args) -> str:

@@ -24,6 +24,7 @@ with transient load, round medians of a 2.4 ms network moved 34 % while its rati
 Importing this package imports neither torch nor onnxruntime.
 """
 
+from ._calibration import machine_reference
 from ._meter import LocalMeter, Meter, measure, measure_onnx, meter_for
 from ._remote import agent_info
 from ._types import (MAX_MEASUREMENTS, TOKEN_ENV, LatencyStats, MeasurementError, Reference, Target, TargetUnavailable,
@@ -31,5 +32,6 @@ from ._types import (MAX_MEASUREMENTS, TOKEN_ENV, LatencyStats, MeasurementError
 
 __all__ = [
     "MAX_MEASUREMENTS", "TOKEN_ENV", "LatencyStats", "LocalMeter", "MeasurementError", "Meter", "Reference", "Target",
-    "TargetUnavailable", "agent_info", "clear_of", "cpu_model", "measure", "measure_onnx", "meter_for", "pooled",
+    "TargetUnavailable", "agent_info", "clear_of", "cpu_model", "machine_reference", "measure", "measure_onnx", "meter_for",
+    "pooled",
 ]
