@@ -4,24 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._trials import TrialRow
+from ._trials import ModelFigures, TrialRow
 from ._values import as_dict, change_pct, finite, finite_dict, first, integer, ratio
 
 RUNTIMES = {"ort": "ONNX Runtime", "torch": "PyTorch"}
 
 
 @dataclass(frozen=True)
-class ModelSummary:
+class ModelSummary(ModelFigures):
     """The headline figures of one model (the baseline or a trial)."""
 
     label: str
     trial: int | None
-    dice: float | None
-    dice_per_class: dict[str, float]
-    latency_ms: float | None
-    latency_p90_ms: float | None
-    params: int | None
-    macs: int | None
     file_size: int | None
     exported: bool = False
 

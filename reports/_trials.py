@@ -21,7 +21,19 @@ STATES = {
 
 
 @dataclass(frozen=True)
-class TrialRow:
+class ModelFigures:
+    """What the report shows of any model (a trial, the baseline, the export); None where unknown."""
+
+    dice: float | None
+    dice_per_class: dict[str, float]
+    latency_ms: float | None
+    latency_p90_ms: float | None
+    params: int | None
+    macs: int | None
+
+
+@dataclass(frozen=True)
+class TrialRow(ModelFigures):
     """One trial's figures; None where the trial never got that far.
 
     ``dice`` is the objective for a complete trial and the last epoch's Dice for a pruned
@@ -33,12 +45,6 @@ class TrialRow:
 
     number: int
     state: str
-    dice: float | None
-    dice_per_class: dict[str, float]
-    latency_ms: float | None
-    latency_p90_ms: float | None
-    params: int | None
-    macs: int | None
     param_ratio: float | None
     feasible: bool | None
     candidate: bool
