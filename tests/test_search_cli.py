@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import nibabel
 import numpy as np
 import onnxruntime
 import optuna
@@ -69,6 +70,17 @@ def test_search_resume_export_predict(tmp_path):
     mask = np.asarray(Image.open(tmp_path / "pred" / "slice_mask.png"))
     assert mask.shape == (50, 70) and mask.max() < len(card["class_names"])
 
+    # The test split as one volume (slices along the third axis): the label volume scores the card's test Dice.
+    data = load_data(None, image_size=card["input_shape"][-1], seed=0, patients=8)
+    volume = data.test.images[:, 0].numpy().transpose(1, 2, 0)
+    nibabel.save(nibabel.Nifti1Image(volume, np.diag([1.4, 1.4, 8.0, 1.0])), tmp_path / "patient.nii.gz")
+    done = run_cli("predict", "--model", str(export), str(tmp_path / "patient.nii.gz"), "--out", str(tmp_path / "labels"))
+    assert done.returncode == 0, done.stderr
+    labels = nibabel.load(tmp_path / "labels" / "patient.nii.gz")
+    assert labels.shape == volume.shape and np.allclose(labels.affine, np.diag([1.4, 1.4, 8.0, 1.0]))
+    pred = np.asarray(labels.dataobj).transpose(2, 0, 1)
+    assert _pooled_dice(pred, data.test.masks.numpy(), data.num_classes) == pytest.approx(card["dice"], abs=0.01)
+
 
 def test_verdict_over_budget_exits_3_with_the_trade_off_and_still_writes_the_model(tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
@@ -92,9 +104,12 @@ def _onnx_test_dice(path, card) -> float:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     pred = np.concatenate([session.run(None, {name: image[None].numpy()})[0].argmax(1) for image in data.test.images])
-    truth = data.test.masks.numpy()
+    return _pooled_dice(pred, data.test.masks.numpy(), data.num_classes)
+
+
+def _pooled_dice(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
     dice = []
-    for c in range(1, data.num_classes):  # foreground classes, pixels pooled over the whole split
+    for c in range(1, num_classes):  # foreground classes, pixels pooled over the whole split
         p, t = pred == c, truth == c
         size = p.sum() + t.sum()
         dice.append(1.0 if size == 0 else 2 * (p & t).sum() / size)

@@ -6,12 +6,13 @@ or with ``images/`` and ``masks/`` holding same-named 2D files.  ``save_preview`
 a few slices beside their masks, to check by eye what a search will train on.
 """
 
-from ._files import fit, read_image
+from ._files import IMAGE_SUFFIXES, fit, read_image
 from ._load import load_data, normalise
 from ._preview import grey_tile, overlay_tile, save_preview
 from ._types import SegmentationData, Split
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "SegmentationData",
     "Split",
     "fit",
