@@ -5,6 +5,8 @@ The network is rebuilt from the cached baseline, the trial's recipe and its fine
 is unpickled. Export checks ONNX Runtime against PyTorch, re-measures latency on the
 target with the trials' harness (the study's reference, several pooled measurements,
 nothing else of this process running meanwhile) and judges the model (:mod:`.verdict`).
+With ``precision="int8"`` it also writes ``model.int8.onnx`` (:mod:`.quantize`), scored
+and measured the same way; ``model.onnx`` stays the fp32 model and the verdict judges it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .data import SegmentationData
 from .latency import measure_onnx, pooled
 from .onnx_io import to_onnx
 from .polish import polish_record, polished_weights
+from .quantize import INT8_FILE, PRECISIONS, calibration_slices, has_vnni, quantize_int8
 from .samples import QualitativeSample
 from .settings import Settings
 from .storage import artifact_store
@@ -49,12 +52,15 @@ class Exported:
 
 
 def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_url: str,
-                 budget_ms: float | None = None, context: Context | None = None) -> Exported:
+                 budget_ms: float | None = None, context: Context | None = None, precision: str = "fp32") -> Exported:
     """Write ``model.onnx``, ``model.pt2`` and ``model.json`` for ``trial`` into ``folder``.
 
     The model is judged against ``budget_ms`` (default: the study's). ``context`` (the
-    study's, from :func:`prepare`) saves loading it again.
+    study's, from :func:`prepare`) saves loading it again. ``precision`` "int8" also
+    writes ``model.int8.onnx`` and the card's ``int8`` section (:func:`_int8_section`).
     """
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if trial.state != TrialState.COMPLETE or "weights_artifact" not in trial.user_attrs:
         raise UserError(f"trial {trial.number} has no fine-tuned weights (state {trial.state.name}, "
                         f"feasible={trial.user_attrs.get('feasible')}): export a complete trial within budget")
@@ -86,8 +92,10 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
                      "dice": context.baseline.test.mean, "dice_per_class": context.baseline.test.per_class},
         "recipe": trial.user_attrs["recipe"], "onnx_max_abs_diff": max_diff, "file_size": len(onnx_bytes),
         "sha256": hashlib.sha256(onnx_bytes).hexdigest(), "model": settings.model, "data": context.data.source,
-        "budget_ms": budget, "speedup": settings.speedup, "environment": environment(),
+        "budget_ms": budget, "speedup": settings.speedup, "environment": environment(), "precision": "fp32",
     }
+    if precision == "int8":
+        card["int8"] = _int8_section(onnx_bytes, test_pred, test.mean, stats, study, context, folder)
     (folder / "model.json").write_text(json.dumps(card, indent=2))
     study.set_user_attr("export", {"trial": trial.number, "dir": str(folder), "file_size": len(onnx_bytes),
                                    "dice": test.mean, "dice_per_class": test.per_class, "latency": stats.to_dict(),
@@ -109,6 +117,38 @@ def _remeasure(onnx_bytes: bytes, study: optuna.Study, context: Context):
     reference = study_reference(study, context)
     shape = tuple(context.example.shape)
     return pooled([measure_onnx(onnx_bytes, shape, context.target, reference) for _ in range(EXPORT_MEASUREMENTS)])
+
+
+def _int8_section(fp32_bytes: bytes, fp32_pred: torch.Tensor, fp32_dice: float, fp32_stats, study: optuna.Study,
+                  context: Context, folder: Path) -> dict:
+    """Write ``folder/model.int8.onnx`` and return the card's ``int8`` section: the INT8
+    model's test Dice and latency (same harness and reference as fp32's), beside fp32's.
+
+    Weights use 7 bits (reduce_range) unless this CPU is known to have VNNI; a remote
+    target's flags are unknown, so it gets them too. ``deploy`` names the file to
+    deploy: the INT8 one only when it measured faster than fp32; ``summary`` says so in
+    one line.
+    """
+    vnni = None if context.target.url else has_vnni()
+    model = quantize_int8(fp32_bytes, calibration_slices(context.data.train.images), reduce_range=vnni is not True)
+    (folder / INT8_FILE).write_bytes(model.onnx)
+    session = onnxruntime.InferenceSession(model.onnx, providers=["CPUExecutionProvider"])
+    pred = _ort_predict(session, context.data.test.images)
+    test = scores_from_counts(dice_counts(pred, context.data.test.masks, context.data.num_classes), context.data.class_names)
+    stats = _remeasure(model.onnx, study, context)
+    faster = stats.median_ms < fp32_stats.median_ms
+    ratio = fp32_stats.median_ms / stats.median_ms
+    compared = (f"INT8 {stats.median_ms:.2f} ms against fp32 {fp32_stats.median_ms:.2f} ms, "
+                    f"test Dice {test.mean:.3f} against {fp32_dice:.3f}")
+    line = (f"INT8 is {ratio:.2f}x faster than fp32: {compared}; deploy {INT8_FILE}" if faster else
+            f"INT8 is SLOWER than fp32 on this CPU ({compared}): keep model.onnx (fp32)")
+    return {
+        "precision": "int8", "file": INT8_FILE, "dice": test.mean, "dice_per_class": test.per_class, "dice_split": "test",
+        "dice_change": test.mean - fp32_dice, "agreement": float((pred == fp32_pred).double().mean()),
+        "latency": stats.to_dict(), "fp32_latency_ms": fp32_stats.median_ms, "speedup_over_fp32": ratio,
+        "faster": faster, "deploy": INT8_FILE if faster else "model.onnx", "summary": line, "vnni": vnni,
+        **model.to_dict(), "file_size": len(model.onnx), "sha256": hashlib.sha256(model.onnx).hexdigest(),
+    }
 
 
 def _ort_predict(session: onnxruntime.InferenceSession, images: torch.Tensor) -> torch.Tensor:

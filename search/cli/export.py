@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ...errors import UserError
 from ..export import export_trial, no_feasible_message
+from ..quantize import INT8_FILE, PRECISIONS
 from ..storage import storage_url
 from ..best import best_feasible
 from ..study import open_existing
@@ -16,6 +17,7 @@ EXAMPLES = [
     "autosculpt export unet-20ms-20261125-011200 --out model/",
     "autosculpt export unet-20ms-20261125-011200 --budget-ms 10 --out model-10ms/   # best within another budget",
     "autosculpt export unet-20ms-20261125-011200 --trial 17 --out trial17/",
+    f"autosculpt export unet-20ms-20261125-011200 --precision int8 --out model/   # also {INT8_FILE}, measured against fp32",
 ]
 
 
@@ -26,6 +28,9 @@ def register(subparsers) -> None:
     parser.add_argument("--trial", type=int, metavar="N", help="trial number (default: best feasible)")
     parser.add_argument("--budget-ms", type=float, metavar="MS", help="pick the best trial within this budget instead of the study's")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help=f"int8: also write {INT8_FILE} (static QDQ quantization calibrated on training slices) with "
+                             "its own test Dice and latency in model.json; model.onnx stays fp32 (default fp32)")
     parser.epilog += (f"\n\nexit status: 0 when the model meets the budget and the study's --max-dice-loss; "
                       f"{EXIT_VERDICT_FAILED} when it was\nwritten but misses either (the last line says which); 2 on bad input.")
 
@@ -42,10 +47,12 @@ def run(args) -> int:
         trial = best_feasible(study, args.budget_ms)
         if trial is None:
             raise UserError(no_feasible_message(study, args.budget_ms or settings.budget_ms))
-    exported = export_trial(study, trial, Path(args.out), url, budget_ms=args.budget_ms)
+    exported = export_trial(study, trial, Path(args.out), url, budget_ms=args.budget_ms, precision=args.precision)
     card = exported.card
     print(f"exported trial {trial.number} to {args.out}: test Dice {card['dice']:.3f}, "
           f"{card['latency']['median_ms']:.2f} ms median ({card['latency']['runtime']}, {card['latency']['threads']} thread), "
           f"{card['param_ratio']:.0f}x fewer parameters; ONNX vs PyTorch max difference {card['onnx_max_abs_diff']:.2e}")
+    if "int8" in card:
+        print(card["int8"]["summary"])
     print(exported.verdict.line())
     return 0 if exported.verdict.ok else EXIT_VERDICT_FAILED
