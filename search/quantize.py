@@ -48,20 +48,21 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 class Int8Model:
     """A quantized model and what was done to it, as the model card records it.
 
-    ``kept_fp32`` counts the weighted nodes left in fp32 by kind (``"ConvTranspose"``,
-    ``"Conv (thin)"``); ``quantized`` counts the quantized Conv nodes.
+    ``quantized`` and ``kept_fp32`` count the Conv and ConvTranspose nodes by kind
+    (``"Conv (thin)"``: fewer than ``min_channels`` channels), leaving out zero counts.
     """
 
     onnx: bytes
     reduce_range: bool
     calibration_slices: int
-    quantized: int
+    min_channels: int
+    quantized: dict[str, int]
     kept_fp32: dict[str, int]
 
     def to_dict(self) -> dict:
         return {"format": "QDQ", "per_channel": True, "activations": "int8", "weights": "int8",
-                "reduce_range": self.reduce_range, "quantized": {"Conv": self.quantized}, "kept_fp32": self.kept_fp32,
-                "min_int8_channels": MIN_INT8_CHANNELS,
+                "reduce_range": self.reduce_range, "quantized": self.quantized, "kept_fp32": self.kept_fp32,
+                "min_int8_channels": self.min_channels,
                 "calibration": {"split": "train", "slices": self.calibration_slices, "method": "MinMax"}}
 
 
@@ -86,39 +87,47 @@ def calibration_slices(images: torch.Tensor, count: int = CALIBRATION_SLICES) ->
     return images[torch.from_numpy(index)]
 
 
-def quantize_int8(onnx_bytes: bytes, images: torch.Tensor, reduce_range: bool) -> Int8Model:
+def quantize_int8(onnx_bytes: bytes, images: torch.Tensor, reduce_range: bool, *,
+                  conv_transpose: bool = False, min_channels: int = MIN_INT8_CHANNELS) -> Int8Model:
     """The INT8 QDQ model of the fp32 single-input ONNX model ``onnx_bytes``, its activation
     ranges calibrated on ``images`` (N, C, H, W, fed one at a time at the model's batch of 1).
 
-    Conv nodes with at least :data:`MIN_INT8_CHANNELS` input and output channels are
-    quantized (weights per output channel); everything else stays fp32. Input and output
-    stay fp32 tensors with the same names.
+    Conv nodes are quantized (weights per output channel), except those with fewer than
+    ``min_channels`` input (per group) or output channels, and ConvTranspose nodes when
+    ``conv_transpose``; everything else stays fp32. Input and output stay fp32 tensors with the same names. The defaults are
+    the deployed choice; bench/int8.py measures the others.
     """
     with tempfile.TemporaryDirectory(prefix="autosculpt-int8-") as folder:
         fp32, prepared, int8 = (Path(folder) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         fp32.write_bytes(onnx_bytes)
         quant_pre_process(fp32, prepared, skip_symbolic_shape=True)
         model = onnx.load(prepared)
-        thin = _thin_convs(model)
+        thin = _thin_convs(model, min_channels)
         quantize_static(
             prepared, int8, _Slices(model.graph.input[0].name, images), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["Conv"], nodes_to_exclude=thin, per_channel=True, reduce_range=reduce_range,
+            op_types_to_quantize=["Conv", "ConvTranspose"] if conv_transpose else ["Conv"], nodes_to_exclude=thin, per_channel=True, reduce_range=reduce_range,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
         )
         result = int8.read_bytes()
     ops = Counter(node.op_type for node in model.graph.node)
-    kept = {"ConvTranspose": ops["ConvTranspose"], "Conv (thin)": len(thin)}
-    return Int8Model(result, reduce_range, len(images), ops["Conv"] - len(thin), {k: v for k, v in kept.items() if v})
+    transposed = ops["ConvTranspose"] if conv_transpose else 0
+    quantized = {"Conv": ops["Conv"] - len(thin), "ConvTranspose": transposed}
+    kept = {"ConvTranspose": ops["ConvTranspose"] - transposed, "Conv (thin)": len(thin)}
+    return Int8Model(result, reduce_range, len(images), min_channels, _nonzero(quantized), _nonzero(kept))
 
 
-def _thin_convs(model: onnx.ModelProto) -> list[str]:
-    """Names of the Conv nodes with fewer than MIN_INT8_CHANNELS input (per group) or output channels."""
+def _nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {kind: count for kind, count in counts.items() if count}
+
+
+def _thin_convs(model: onnx.ModelProto, min_channels: int) -> list[str]:
+    """Names of the Conv nodes with fewer than ``min_channels`` input (per group) or output channels."""
     shapes = {tensor.name: numpy_helper.to_array(tensor).shape for tensor in model.graph.initializer}
     thin = []
     for node in model.graph.node:
         if node.op_type == "Conv" and node.input[1] in shapes:
             out_channels, in_per_group = shapes[node.input[1]][:2]
-            if min(out_channels, in_per_group) < MIN_INT8_CHANNELS:
+            if min(out_channels, in_per_group) < min_channels:
                 thin.append(node.name)
     return thin
 

@@ -1,8 +1,12 @@
-"""INT8 export: ``autosculpt export --precision int8`` on a smoke study, and the quantizer's rules."""
+"""INT8 export: ``autosculpt export --precision int8`` on a smoke study, the quantizer's rules, and bench/int8.py --quick."""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,6 +17,7 @@ from conftest import FLOW, run_cli
 from onnx import numpy_helper
 
 from autosculpt.search.data import load_data
+from autosculpt.search.latency import cpu_model
 from autosculpt.search.onnx_io import to_onnx
 from autosculpt.search.quantize import INT8_FILE, MIN_INT8_CHANNELS, calibration_slices, has_vnni, quantize_int8
 from autosculpt.space import UNet, preset_config
@@ -131,7 +136,7 @@ def test_reduce_range_quantizes_weights_to_seven_bits(reduce_range, bound):
     assert weights and max(int(np.abs(w).max()) for w in weights) == bound
     # Widths 4, 8, ...: enc1's two convs, enc2.conv1 (4 in), dec1's two convs and the head stay fp32.
     assert model.reduce_range is reduce_range and model.kept_fp32 == {"ConvTranspose": 4, "Conv (thin)": 6}
-    assert model.quantized == 19 - 6
+    assert model.quantized == {"Conv": 19 - 6}
 
 
 def test_vnni_is_read_from_the_cpu_flags():
@@ -145,3 +150,22 @@ def test_calibration_slices_spread_over_the_split():
     images = torch.arange(100.0).reshape(100, 1, 1, 1)
     assert calibration_slices(images, 5).flatten().tolist() == [0, 25, 50, 74, 99]
     assert len(calibration_slices(images[:3], 5)) == 3
+
+
+def test_the_bench_variants_quantize_conv_transpose_and_thin_convs_when_asked():
+    torch.manual_seed(0)
+    net = UNet(preset_config("unet-tiny", 1, 4)).eval()
+    model = quantize_int8(to_onnx(net, (1, 1, 32, 32)), torch.randn(4, 1, 32, 32), reduce_range=False,
+                          conv_transpose=True, min_channels=1)
+    assert model.quantized == {"Conv": 19, "ConvTranspose": 4} and model.kept_fp32 == {}
+    graph = onnx.load_from_string(model.onnx).graph
+    assert all(_weight_source(graph, node)[1] is not None for node in graph.node if node.op_type in ("Conv", "ConvTranspose"))
+
+
+@pytest.mark.slow
+def test_int8_bench_quick_prints_its_table(tmp_path):
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "int8.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fp32 against INT8" in done.stdout and cpu_model() in done.stdout
+    assert all(re.search(rf"│\s*{keep}\s*│", done.stdout) for keep in ("0.5", "0.25", "0.1")), done.stdout
