@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..search.best import ranked_within
 from ..search.storage import masked
 from ._headline import HeadlineInfo, ModelSummary, get_headline_info
+from ._patients import PatientsInfo, get_patients_info
 from ._search_info import SearchInfo, get_search_info
 from ._trials import STATES, TrialRow, get_trial_row
 from ._values import as_dict, finite, integer
@@ -99,6 +100,7 @@ class ReportData:
     environment: list[tuple[str, str]]
     commands: list[tuple[str, str]]
     search: SearchInfo
+    patients: PatientsInfo
 
 
 def get_report_data(study: optuna.Study, storage_url: str | None = None) -> ReportData:
@@ -134,6 +136,7 @@ def get_report_data(study: optuna.Study, storage_url: str | None = None) -> Repo
         environment=_flatten(as_dict(attrs.get("environment"))),
         commands=_get_commands(study.study_name, storage, ranked, export),
         search=get_search_info(study),
+        patients=get_patients_info(export),
     )
 
 

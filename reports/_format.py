@@ -10,6 +10,11 @@ def dice(value: float | None) -> str:
     return DASH if value is None else f"{value:.3f}"
 
 
+def distance(value: float | None) -> str:
+    """A Hausdorff distance, one decimal: ``4.2``."""
+    return DASH if value is None else f"{value:.1f}"
+
+
 def ms(value: float | None) -> str:
     if value is None:
         return DASH

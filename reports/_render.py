@@ -32,7 +32,7 @@ _ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_ENV.filters.update(dice=fmt.dice, ms=fmt.ms, count=fmt.count, size=fmt.size, ratio=fmt.ratio, pct=fmt.pct)
+_ENV.filters.update(dice=fmt.dice, distance=fmt.distance, ms=fmt.ms, count=fmt.count, size=fmt.size, ratio=fmt.ratio, pct=fmt.pct)
 
 
 def write_report(

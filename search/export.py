@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..space import Recipe, figures, rebuild
 from .data import SegmentationData
 from .latency import measure_onnx, pooled
+from .metrics import per_volume, summary
 from .onnx_io import to_onnx
 from .polish import polish_record, polished_weights
 from .quantize import INT8_FILE, PRECISIONS, calibration_slices, has_vnni, quantize_int8
@@ -96,11 +97,13 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
     }
     if precision == "int8":
         card["int8"] = _int8_section(onnx_bytes, test_pred, test.mean, stats, study, context, folder)
+    base_pred = predict(context.baseline.model, context.data.test.images)
+    card["per_volume"] = _per_volume(context, test_pred, base_pred)
     (folder / "model.json").write_text(json.dumps(card, indent=2))
     study.set_user_attr("export", {"trial": trial.number, "dir": str(folder), "file_size": len(onnx_bytes),
                                    "dice": test.mean, "dice_per_class": test.per_class, "latency": stats.to_dict(),
-                                   "verdict": verdict.to_dict()})
-    return Exported(card, _samples(context, net_pred=test_pred), verdict)
+                                   "verdict": verdict.to_dict(), "per_volume": card["per_volume"]})
+    return Exported(card, _samples(context, test_pred, base_pred, card["per_volume"]["volumes"]), verdict)
 
 
 def trial_network(trial: FrozenTrial, context: Context, storage_url: str, study: optuna.Study | None = None) -> torch.nn.Module:
@@ -166,18 +169,31 @@ def _max_difference(net: torch.nn.Module, session: onnxruntime.InferenceSession,
                    for image in images)
 
 
-def _samples(context: Context, net_pred: torch.Tensor) -> list[QualitativeSample]:
-    """A few test slices with truth, the baseline's and the exported model's predictions."""
+def _per_volume(context: Context, net_pred: torch.Tensor, base_pred: torch.Tensor) -> dict:
+    """Dice and HD95 per test volume for both models, their means and stds (:mod:`.metrics`)."""
+    data = context.data
+    exported = per_volume(net_pred, data.test, data.class_names)
+    baseline = per_volume(base_pred, data.test, data.class_names)
+    return {"unit": data.spacing_unit, "exported": summary(exported), "baseline": summary(baseline),
+            "volumes": [{"volume": e.volume, "exported": e.to_dict(), "baseline": b.to_dict()}
+                        for e, b in zip(exported, baseline)]}
+
+
+def _samples(context: Context, net_pred: torch.Tensor, base_pred: torch.Tensor, volumes: list[dict]) -> list[QualitativeSample]:
+    """The worst test volumes (lowest mean Dice of the exported model), each by its slice with
+    the most foreground, with truth and both models' predictions."""
     data: SegmentationData = context.data
-    index = np.linspace(0, len(data.test) - 1, SAMPLE_COUNT).round().astype(int).tolist()
-    images = data.test.images[index]
-    base_pred = predict(context.baseline.model, images)
+    worst = sorted(volumes, key=lambda v: v["exported"]["mean_dice"])[:SAMPLE_COUNT]
+    names = np.asarray(data.test.volumes)
     samples = []
-    for row, i in enumerate(index):
+    for volume in worst:
+        rows = np.flatnonzero(names == volume["volume"])
+        i = int(rows[np.argmax([(data.test.masks[r] > 0).sum().item() for r in rows])])
         truth = data.test.masks[i]
         samples.append(QualitativeSample(
-            image=images[row, 0].numpy(), truth=truth.numpy(), baseline=base_pred[row].numpy(), exported=net_pred[i].numpy(),
-            dice_baseline=_dice(base_pred[row], truth, data), dice_exported=_dice(net_pred[i], truth, data)))
+            image=data.test.images[i, 0].numpy(), truth=truth.numpy(), baseline=base_pred[i].numpy(),
+            exported=net_pred[i].numpy(), dice_baseline=_dice(base_pred[i], truth, data),
+            dice_exported=_dice(net_pred[i], truth, data), label=f"{volume['volume']} (slice {i - rows[0] + 1} of {len(rows)})"))
     return samples
 
 

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import UserError
-from .data import IMAGE_SUFFIXES, fit, grey_tile, normalise, overlay_tile, read_image
+from .data import IMAGE_SUFFIXES, fit, grey_tile, normalise, overlay_tile, read_image, scaled_size
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
 
@@ -62,8 +62,7 @@ def segment(session: onnxruntime.InferenceSession, image: np.ndarray) -> np.ndar
 
 def _unfit(labels: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
     """Undo :func:`fit` on a label map: crop the padding, resize (nearest) to ``shape``."""
-    ratio = size / max(shape)
-    scaled = (max(1, round(shape[0] * ratio)), max(1, round(shape[1] * ratio)))
+    scaled = scaled_size(*shape, size)
     top, left = (size - scaled[0]) // 2, (size - scaled[1]) // 2
     crop = labels[top : top + scaled[0], left : left + scaled[1]].astype(np.uint8)
     return np.asarray(Image.fromarray(crop).resize((shape[1], shape[0]), Image.Resampling.NEAREST))

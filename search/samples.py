@@ -22,6 +22,7 @@ class QualitativeSample:
     exported: np.ndarray | None = None
     dice_baseline: float | None = None
     dice_exported: float | None = None
+    label: str | None = None
 
     def __post_init__(self) -> None:
         shape = np.shape(self.image)

@@ -127,8 +127,8 @@ def test_fit_scales_the_long_side_and_pads_the_short_one():
 # --- ACDC layout ---------------------------------------------------------------------
 
 
-def write_nifti(path, array) -> None:
-    nibabel.Nifti1Image(np.asarray(array), np.eye(4)).to_filename(str(path))
+def write_nifti(path, array, zooms=(1.25, 1.5, 8.0)) -> None:
+    nibabel.Nifti1Image(np.asarray(array), np.diag([*zooms, 1.0])).to_filename(str(path))
 
 
 def make_acdc(root, patients=4, shape=(20, 24, 3), frames=(1, 12)):
@@ -154,6 +154,9 @@ def test_acdc_every_slice_of_every_frame_split_by_patient(tmp_path):
     assert not set(data.train.groups) & (set(data.val.groups) | set(data.test.groups))
     assert data.test.images.shape[1:] == (1, 32, 32) and data.test.masks.max() <= 3
     assert same_tensors(data, load_data(tmp_path / "acdc", image_size=32, seed=0))
+    # One volume per frame; voxel size from the header, rows and columns scaled as the 20 x 24 slices were fitted.
+    assert sorted(set(data.test.volumes)) == [f"{data.test.groups[0]}_frame01", f"{data.test.groups[0]}_frame12"]
+    assert np.allclose(data.test.spacing, [1.25 * 20 / 27, 1.5 * 24 / 32, 8.0]) and data.spacing_unit == "mm"
 
 
 def test_acdc_under_training_folder(tmp_path):
@@ -419,3 +422,22 @@ def test_cli_preview_info_and_errors(tmp_path, cache):
 def test_cli_help_has_examples(args):
     done = run_cli(*args, timeout=120)
     assert done.returncode == 0 and "examples:" in done.stdout and "autosculpt data" in done.stdout
+
+
+def test_the_default_input_size_follows_the_data(tmp_path):
+    from autosculpt.search.cli.search import describe
+    from autosculpt.search.data import suggested_image_size
+    from autosculpt.search.settings import with_preset
+
+    folder = tmp_path / "pairs"  # longer sides 200, 220 and 500: median 220
+    (folder / "images").mkdir(parents=True)
+    for n, (width, height) in enumerate([(200, 150), (150, 220), (500, 400)]):
+        Image.fromarray(np.zeros((height, width), dtype=np.uint8)).save(folder / "images" / f"p{n}_s0.png")
+    assert suggested_image_size(folder) == (224, 220)
+    big = tmp_path / "big"
+    (big / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((600, 700), dtype=np.uint8)).save(big / "images" / "p0_s0.png")
+    assert suggested_image_size(big) == (256, 700)  # capped
+    assert suggested_image_size(make_acdc(tmp_path / "acdc", patients=3)) == (32, 24)
+    settings, _ = with_preset("default", {"image_size": 224, "budget_ms": 5.0})
+    assert describe(settings, "image_size", 220) == "image_size=224 (the data's median slice side 220 px, to a multiple of 16, at most 256)"

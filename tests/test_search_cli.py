@@ -59,6 +59,11 @@ def test_search_resume_export_predict(tmp_path):
     assert card["onnx_max_abs_diff"] < 1e-3
     assert (export / "model.pt2").exists()
     assert _onnx_test_dice(export / "model.onnx", card) == pytest.approx(card["dice"], abs=1e-6)
+    per_volume = card["per_volume"]  # one entry per test patient, for both models, HD95 in mm
+    test_patients = set(load_data(None, image_size=card["input_shape"][-1], seed=0, patients=8).test.groups)
+    assert {v["volume"] for v in per_volume["volumes"]} == test_patients and per_volume["unit"] == "mm"
+    assert set(per_volume["exported"]) == set(per_volume["baseline"]) == set(card["class_names"][1:])
+    assert "Per patient (test volumes)" in (out / "report.html").read_text() and sorted(test_patients)[0] in (out / "report.html").read_text()
 
     done = run_cli("trials", "flow", "--storage", url, "--format", "json")
     assert len([row for row in json.loads(done.stdout) if row["state"] in ("COMPLETE", "PRUNED")]) == 5

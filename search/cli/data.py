@@ -74,6 +74,7 @@ def _info(args: argparse.Namespace) -> int:
     for name, split in summary["splits"].items():
         table.add_row(name, f"{split['slices']} slices from {split['groups']} patients")
     table.add_row("image size", " x ".join(map(str, summary["image_size"])))
+    table.add_row("voxel size", f"{summary['spacing']} (rows x columns x between slices, on the fitted grid)")
     table.add_row("channels", str(summary["in_channels"]))
     table.add_row("classes", ", ".join(f"{i} {name}" for i, name in enumerate(summary["class_names"])))
     table.add_row("fingerprint", summary["fingerprint"])

@@ -6,7 +6,7 @@ or with ``images/`` and ``masks/`` holding same-named 2D files.  ``save_preview`
 a few slices beside their masks, to check by eye what a search will train on.
 """
 
-from ._files import IMAGE_SUFFIXES, fit, read_image
+from ._files import IMAGE_SUFFIXES, fit, read_image, scaled_size, suggested_image_size
 from ._load import load_data, normalise
 from ._preview import grey_tile, overlay_tile, save_preview
 from ._types import SegmentationData, Split
@@ -22,4 +22,6 @@ __all__ = [
     "overlay_tile",
     "read_image",
     "save_preview",
+    "scaled_size",
+    "suggested_image_size",
 ]

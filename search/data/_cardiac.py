@@ -18,6 +18,10 @@ from scipy.special import expit
 CLASS_NAMES = ("background", "RV", "myocardium", "LV")
 BACKGROUND, RV, MYOCARDIUM, LV = range(4)
 SLICES = 10
+# The spacing the generated set assumes: a 240 mm field of view, 10 mm from slice to slice
+# (ACDC: 1.4-1.7 mm pixels on 200-400 mm, 5-10 mm slices).
+FIELD_OF_VIEW_MM = 240.0
+SLICE_MM = 10.0
 
 
 def generate(image_size: int, seed: int, patients: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -195,3 +199,9 @@ def _inside(distance, pixel: float) -> np.ndarray:
 def _paint(image: np.ndarray, alpha: np.ndarray, value) -> None:
     """Composite a tissue of intensity ``value`` over ``image`` with coverage ``alpha``, in place."""
     image += alpha * (value - image)
+
+
+def spacing(image_size: int, count: int) -> np.ndarray:
+    """The (count, 3) spacing in mm of ``count`` generated slices at ``image_size``."""
+    pixel = FIELD_OF_VIEW_MM / image_size
+    return np.tile([pixel, pixel, SLICE_MM], (count, 1))

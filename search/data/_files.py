@@ -23,6 +23,7 @@ from ._types import Slices
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 LAYOUTS = "patientNNN/ folders of NIfTI volumes (ACDC) or images/ and masks/ folders of 2D files"
+MAX_DEFAULT_SIZE = 256  # the largest input size chosen for the user: latency and training grow with its square
 _ACDC_FILE = re.compile(r"^(patient\d+_frame\d+)(_gt)?\.nii(\.gz)?$")
 
 
@@ -32,12 +33,7 @@ def read_folder(root: Path, image_size: int, group_by: str | None = None) -> Sli
     ``group_by`` (a regex, see :func:`group_of`) regroups images/+masks/ slices; ACDC is
     grouped by patient folder, so a ``group_by`` there is refused.
     """
-    if not root.exists():
-        raise UserError(f"{root}: no such folder: check the path, or leave out --data to use the generated set")
-    if not root.is_dir():
-        raise UserError(f"{root}: not a folder: pass a folder holding {LAYOUTS}")
-    if not any(root.iterdir()):
-        raise UserError(f"{root}: empty folder: put {LAYOUTS} in it")
+    _check_root(root)
     patients = sorted(p for p in [*root.glob("patient*"), *root.glob("*/patient*")] if p.is_dir())
     if patients:
         if group_by is not None:
@@ -46,6 +42,39 @@ def read_folder(root: Path, image_size: int, group_by: str | None = None) -> Sli
     if (root / "images").is_dir() or (root / "masks").is_dir():
         return _read_pairs(root, image_size, compile_group_by(group_by))
     raise UserError(f"{root}: matches neither layout: expected {LAYOUTS}")
+
+
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        raise UserError(f"{root}: no such folder: check the path, or leave out --data to use the generated set")
+    if not root.is_dir():
+        raise UserError(f"{root}: not a folder: pass a folder holding {LAYOUTS}")
+    if not any(root.iterdir()):
+        raise UserError(f"{root}: empty folder: put {LAYOUTS} in it")
+
+
+def suggested_image_size(root: Path) -> tuple[int, int]:
+    """(size, median): the median longer side in pixels of the slices in ``root`` (either
+    layout; headers only, no pixels read) and the input size it suggests, rounded to a
+    multiple of 16 between 32 and MAX_DEFAULT_SIZE. UserError for a folder of neither layout."""
+    _check_root(root)
+    patients = sorted(p for p in [*root.glob("patient*"), *root.glob("*/patient*")] if p.is_dir())
+    if patients:
+        sides = [max(nibabel.load(image).shape[:2]) for folder in patients for image, _ in _acdc_pairs(folder)]
+    elif (root / "images").is_dir():
+        sides = [max(_open_lazily(file).size) for file in _files_by_name(root / "images", IMAGE_SUFFIXES).values()]
+    else:
+        raise UserError(f"{root}: matches neither layout: expected {LAYOUTS}")
+    median = int(np.median(sides))
+    return min(MAX_DEFAULT_SIZE, max(32, int(median / 16 + 0.5) * 16)), median
+
+
+def _open_lazily(file: Path) -> Image.Image:
+    """The image's header (size, mode) without its pixels."""
+    try:
+        return Image.open(file)
+    except Exception as error:  # Pillow raises OSError, ValueError, DecompressionBombError...
+        raise UserError(f"{file}: unreadable image ({error}): re-export or remove the file") from None
 
 
 def compile_group_by(pattern: str | None) -> re.Pattern | None:
@@ -86,8 +115,7 @@ def fit(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, n
     bilinear with anti-aliasing, masks nearest), then pad the shorter side evenly (images
     with each slice's minimum, masks with background).  Returns float32 and int64 arrays."""
     height, width = images.shape[1:]
-    ratio = size / max(height, width)
-    scaled = (max(1, round(height * ratio)), max(1, round(width * ratio)))
+    scaled = scaled_size(height, width, size)
     image_tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
     mask_tensor = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[:, None]
     if scaled != (height, width):
@@ -100,6 +128,18 @@ def fit(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, n
     out_masks = np.zeros((len(images), size, size), dtype=np.int64)
     out_masks[:, top : top + scaled[0], left : left + scaled[1]] = mask_tensor[:, 0].numpy()
     return out_images, out_masks
+
+
+def scaled_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) of a height x width slice scaled so that its longer side is ``size`` (before padding)."""
+    ratio = size / max(height, width)
+    return max(1, round(height * ratio)), max(1, round(width * ratio))
+
+
+def fitted_spacing(height: int, width: int, size: int, pixel: tuple[float, float], through: float) -> list[float]:
+    """(rows, columns, through-plane) spacing on the fitted grid of a slice whose pixels were ``pixel``."""
+    rows, columns = scaled_size(height, width, size)
+    return [pixel[0] * height / rows, pixel[1] * width / columns, through]
 
 
 def check_labels(file: Path, mask: np.ndarray, num_classes: int | None, fix: str) -> None:
@@ -116,11 +156,12 @@ def check_labels(file: Path, mask: np.ndarray, num_classes: int | None, fix: str
 
 
 def _read_acdc(patients: list[Path], image_size: int) -> Slices:
-    """Every slice (third axis) of every frame with a ``_gt`` mask; group = patient folder."""
-    images, masks, groups = [], [], []
+    """Every slice (third axis) of every frame with a ``_gt`` mask; group = patient folder,
+    volume = frame, spacing from the NIfTI header."""
+    images, masks, groups, volumes, spacing = [], [], [], [], []
     for folder in patients:
         for image_file, mask_file in _acdc_pairs(folder):
-            volume, labels = _nifti(image_file), _nifti(mask_file)
+            (volume, zooms), (labels, _) = _nifti(image_file), _nifti(mask_file)
             if volume.shape != labels.shape:
                 raise UserError(
                     f"{mask_file}: shape {labels.shape} differs from {image_file.name} {volume.shape}: "
@@ -131,7 +172,10 @@ def _read_acdc(patients: list[Path], image_size: int) -> Slices:
             images.append(fitted_images)
             masks.append(fitted_masks)
             groups += [folder.name] * len(fitted_images)
-    return Slices(np.concatenate(images), np.concatenate(masks), tuple(groups), CARDIAC_CLASS_NAMES)
+            volumes += [image_file.name.split(".")[0]] * len(fitted_images)
+            spacing += [fitted_spacing(*volume.shape[:2], image_size, zooms[:2], zooms[2])] * len(fitted_images)
+    return Slices(np.concatenate(images), np.concatenate(masks), tuple(groups), CARDIAC_CLASS_NAMES, tuple(volumes),
+                  np.asarray(spacing), "mm")
 
 
 def _acdc_pairs(folder: Path) -> list[tuple[Path, Path]]:
@@ -152,10 +196,12 @@ def _acdc_pairs(folder: Path) -> list[tuple[Path, Path]]:
     return [(images[name], masks[name]) for name in sorted(images)]
 
 
-def _nifti(file: Path) -> np.ndarray:
-    """A NIfTI volume as float32 (X, Y, Z); a 2D image becomes one slice."""
+def _nifti(file: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A NIfTI volume as float32 (X, Y, Z) and its voxel size in mm; a 2D image becomes one slice."""
     try:
-        volume = np.asarray(nibabel.load(file).get_fdata(dtype=np.float32))
+        image = nibabel.load(file)
+        volume = np.asarray(image.get_fdata(dtype=np.float32))
+        zooms = tuple(float(z) for z in (*image.header.get_zooms()[:3], 1.0, 1.0)[:3])
     except Exception as error:  # nibabel, gzip and zlib raise many types for a bad file
         raise UserError(f"{file}: unreadable NIfTI ({error}): re-export or remove the file") from None
     while volume.ndim > 3 and volume.shape[-1] == 1:
@@ -164,7 +210,7 @@ def _nifti(file: Path) -> np.ndarray:
         volume = volume[:, :, None]
     if volume.ndim != 3:
         raise UserError(f"{file}: {volume.ndim}D volume: give one 3D volume per frame (no time axis)")
-    return volume
+    return volume, zooms
 
 
 def _read_pairs(root: Path, image_size: int, group_by: re.Pattern | None) -> Slices:
@@ -184,7 +230,7 @@ def _read_pairs(root: Path, image_size: int, group_by: re.Pattern | None) -> Sli
     groups = tuple(group_of(name, images[name], group_by) for name in sorted(images))
     class_names = _class_names(root)
     fix = "fix the mask or add the class's name to classes.txt"
-    pairs = []
+    pairs, spacing = [], []
     for name in sorted(images):
         image, mask = read_image(images[name]), _mask(masks[name])
         if image.shape != mask.shape:
@@ -194,6 +240,7 @@ def _read_pairs(root: Path, image_size: int, group_by: re.Pattern | None) -> Sli
             )
         check_labels(masks[name], mask, len(class_names) if class_names else None, fix)
         pairs.append(fit(image[None], mask[None], image_size))
+        spacing.append(fitted_spacing(*image.shape, image_size, (1.0, 1.0), 1.0))
     if class_names is None:
         top = max(int(fitted_mask.max()) for _, fitted_mask in pairs)
         class_names = ("background", *(f"class{i}" for i in range(1, max(2, top + 1))))
@@ -202,6 +249,9 @@ def _read_pairs(root: Path, image_size: int, group_by: re.Pattern | None) -> Sli
         np.concatenate([mask for _, mask in pairs]),
         groups,
         class_names,
+        groups,
+        np.asarray(spacing),
+        "px",
     )
 
 

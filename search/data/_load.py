@@ -68,9 +68,7 @@ def _generated(image_size: int, seed: int, patients: int) -> Slices:
     file = cache_dir("data") / f"cardiac-{_GENERATOR_ID}-{image_size}px-seed{seed}-{patients}p.npz"
     try:
         with np.load(file) as stored:
-            return Slices(
-                stored["images"], stored["masks"], tuple(map(str, stored["groups"])), _cardiac.CLASS_NAMES
-            )
+            return _generated_slices(stored["images"], stored["masks"], tuple(map(str, stored["groups"])))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         pass  # missing, or torn by a crash: generate it again
     images, masks, groups = _cardiac.generate(image_size, seed, patients)
@@ -80,7 +78,12 @@ def _generated(image_size: int, seed: int, patients: int) -> Slices:
             np.savez(handle, images=images, masks=masks, groups=np.array(groups))
 
     write_atomically(file, save)
-    return Slices(images, masks, groups, _cardiac.CLASS_NAMES)
+    return _generated_slices(images, masks, groups)
+
+
+def _generated_slices(images: np.ndarray, masks: np.ndarray, groups: tuple[str, ...]) -> Slices:
+    """Generated slices: one volume per patient, at the spacing the generator assumes."""
+    return Slices(images, masks, groups, _cardiac.CLASS_NAMES, groups, _cardiac.spacing(images.shape[-1], len(images)), "mm")
 
 
 def split_groups(groups: tuple[str, ...], seed: int) -> dict[str, set[str]]:
@@ -117,9 +120,12 @@ def _assemble(slices: Slices, seed: int, source: str) -> SegmentationData:
             images=torch.from_numpy(np.ascontiguousarray(images[chosen][:, None])),
             masks=torch.from_numpy(slices.masks[chosen].astype(np.int64)),
             groups=tuple(groups[chosen].tolist()),
+            volumes=tuple(np.array(slices.volumes)[chosen].tolist()),
+            spacing=np.asarray(slices.spacing, dtype=np.float64)[chosen],
         )
     fingerprint = _fingerprint(splits, slices.class_names)
-    return SegmentationData(**splits, class_names=slices.class_names, source=source, fingerprint=fingerprint)
+    return SegmentationData(**splits, class_names=slices.class_names, source=source, fingerprint=fingerprint,
+                            spacing_unit=slices.unit)
 
 
 def _fingerprint(splits: dict[str, Split], class_names: tuple[str, ...]) -> str:

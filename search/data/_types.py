@@ -15,13 +15,20 @@ class Slices(NamedTuple):
     """What a reader hands to the loader: every slice at the final size, before splitting.
 
     ``images`` float32 (N, H, W) in raw intensities, ``masks`` integer (N, H, W) in
-    ``[0, len(class_names))``, ``groups`` the patient (group) of each slice.
+    ``[0, len(class_names))``, ``groups`` the patient (group) of each slice, ``volumes``
+    the volume (a patient's frame) each slice belongs to, its slices in order, and
+    ``spacing`` float (N, 3): each slice's pixel size along rows and columns on the
+    fitted grid and the distance to the next slice, in ``unit`` (``mm``, or ``px`` of
+    the original image when the files carry no spacing).
     """
 
     images: np.ndarray
     masks: np.ndarray
     groups: tuple[str, ...]
     class_names: tuple[str, ...]
+    volumes: tuple[str, ...]
+    spacing: np.ndarray
+    unit: str
 
 
 # eq=False: tensors do not compare with ``==``; compare fields with torch.equal instead.
@@ -29,11 +36,14 @@ class Slices(NamedTuple):
 class Split:
     """One split: ``images`` float32 (N, C, H, W), each normalised to zero mean and unit
     std over the image; ``masks`` int64 (N, H, W) holding labels in ``[0, num_classes)``;
-    ``groups`` the patient (group) of each slice, so no patient is in two splits."""
+    ``groups`` the patient (group) of each slice, so no patient is in two splits;
+    ``volumes`` and ``spacing`` as in :class:`Slices` (per-patient figures read them)."""
 
     images: torch.Tensor
     masks: torch.Tensor
     groups: tuple[str, ...]
+    volumes: tuple[str, ...] = ()
+    spacing: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -54,6 +64,7 @@ class SegmentationData:
     class_names: tuple[str, ...]
     source: str
     fingerprint: str
+    spacing_unit: str = "mm"
 
     @property
     def num_classes(self) -> int:
@@ -80,5 +91,14 @@ class SegmentationData:
             "image_size": list(self.image_size),
             "in_channels": self.in_channels,
             "class_names": list(self.class_names),
+            "spacing": _spacing_text(self.test.spacing, self.spacing_unit),
             "fingerprint": self.fingerprint,
         }
+
+
+def _spacing_text(spacing: np.ndarray | None, unit: str) -> str:
+    """The median voxel size, e.g. ``2.50 x 2.50 x 10.0 mm``."""
+    if spacing is None or not len(spacing):
+        return "unknown"
+    rows, cols, through = np.median(spacing, axis=0)
+    return f"{rows:.2f} x {cols:.2f} x {through:.1f} {unit}"
