@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 
 from rich.console import Console
 
-from ...space import SearchSpace
 from ...errors import UserError
+from ...space import SearchSpace
+from ..data import suggested_image_size
 from ..latency import Target, agent_info
 from ..settings import PRESETS, with_preset
 from ..storage import masked, open_storage, storage_url
@@ -59,9 +61,16 @@ def run(args) -> int:
     open_storage(url)  # fail on a bad URL or a target that is down before training anything
     if args.target:
         agent_info(args.target)
-    settings, defaulted = with_preset(args.preset, settings_given(args))
+    given = settings_given(args)
+    sized_by_data = None
+    if args.data and given["image_size"] is None:
+        given["image_size"], sized_by_data = suggested_image_size(Path(args.data))
+    settings, defaulted = with_preset(args.preset, given)
+    if sized_by_data is not None:
+        defaulted.append("image_size")
     if defaulted:
-        console.print("defaults used: " + ", ".join(describe(settings, name) for name in defaulted), soft_wrap=True)
+        console.print("defaults used: " + ", ".join(describe(settings, name, sized_by_data) for name in defaulted),
+                      soft_wrap=True)
     name = args.study or default_name(settings)
     context = prepare(settings)
     console.print("measuring the dense model and the latency reference on the target ...")
@@ -87,9 +96,12 @@ def settings_given(args) -> dict:
     }
 
 
-def describe(settings, name: str) -> str:
-    """``name=value`` of one setting, in the words a user would type."""
+def describe(settings, name: str, data_median: int | None = None) -> str:
+    """``name=value`` of one setting, in the words a user would type; ``data_median`` is the
+    median slice side an image size was chosen from."""
     value = getattr(settings, name)
+    if name == "image_size" and data_median is not None:
+        return f"image_size={value} (the data's median slice side {data_median} px, to a multiple of 16, at most 256)"
     if name == "target":
         where = value["url"] or "this machine"
         return f"target={where} ({value['threads']} thread, {value['runtime']})"
