@@ -1,6 +1,6 @@
 """The dense model the search compresses: built from a preset or a user's class, trained once, cached.
 
-The cache key is (model, weights file, data fingerprint, seed, epochs, torch version); the
+The cache key is (model, weights file, data fingerprint, seed, epochs, torch version, device); the
 cache holds a state dict (written atomically, loaded with ``weights_only=True``), never a
 pickled module. A study stores its baseline's state dict as an artifact when it is
 created (:func:`autosculpt.search.study.create_study`): its workers and its export use
@@ -57,29 +57,30 @@ def example_input(data: SegmentationData, batch: int = 1) -> torch.Tensor:
     return torch.zeros(batch, data.in_channels, *data.image_size)
 
 
-def baseline_key(spec: str, data: SegmentationData, seed: int, epochs: int, weights: str | None) -> str:
+def baseline_key(spec: str, data: SegmentationData, seed: int, epochs: int, weights: str | None, device: str = "cpu") -> str:
     """Cache key of a baseline: every input that changes its weights."""
     weights_digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest() if weights else None
-    text = json.dumps([spec, weights_digest, data.fingerprint, seed, epochs, torch.__version__])
+    text = json.dumps([spec, weights_digest, data.fingerprint, seed, epochs, torch.__version__, device])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def get_baseline(
-    spec: str, data: SegmentationData, *, seed: int = 0, epochs: int | None = None, weights: str | None = None
+    spec: str, data: SegmentationData, *, seed: int = 0, epochs: int | None = None, weights: str | None = None,
+    device: str = "cpu",
 ) -> Baseline:
-    """The cached baseline for these settings, training it first if needed.
+    """The cached baseline for these settings, training it first if needed (on ``device``).
 
     A user's model given with ``weights`` is taken as trained: it is scored, not trained.
     """
     epochs = (0 if weights else BASELINE_EPOCHS.get(spec, BASELINE_EPOCHS["unet"])) if epochs is None else epochs
-    folder = cache_dir("baselines") / baseline_key(spec, data, seed, epochs, weights)
+    folder = cache_dir("baselines") / baseline_key(spec, data, seed, epochs, weights, device)
     state_path = folder / "state.pt"
     torch.manual_seed(seed)
     model = build_model(spec, data, weights)
     if state_path.exists():
         model.load_state_dict(torch.load(state_path, weights_only=True))
     else:
-        _train_with_progress(model, data, Schedule(epochs=epochs, seed=seed), spec)
+        _train_with_progress(model, data, Schedule(epochs=epochs, seed=seed, device=device), spec)
         folder.mkdir(parents=True, exist_ok=True)
         write_atomically(state_path, lambda partial: torch.save(model.state_dict(), partial))
     return _scored(model.eval(), spec, data, state_path)

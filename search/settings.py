@@ -26,7 +26,9 @@ class Settings:
     ``group_by`` is the regex that groups an images/ folder's files into patients
     (None: by subfolder, or by file name up to the first ``_``).
     ``model_sha256`` is the digest of the file defining a user's model class when the
-    study was created: workers refuse to import a different one.
+    study was created: workers refuse to import a different one. ``device`` is where each
+    worker trains (``auto``: its CUDA GPU if it has one); latency is always measured on
+    the target CPU.
     """
 
     budget_ms: float | None = None
@@ -51,6 +53,7 @@ class Settings:
     distill: float = 0.0
     warm_start: int = 4
     preset: str = "default"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.budget_ms is None and self.speedup is None:
@@ -65,6 +68,8 @@ class Settings:
             raise UserError(f"--trials {self.trials} must be at least 1")
         if self.epochs < 1 or (self.polish_epochs is not None and self.polish_epochs < 0):
             raise UserError("--epochs must be at least 1 and --polish-epochs at least 0")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"--device {self.device!r}: choose auto, cpu or cuda")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -31,7 +31,7 @@ from .onnx_io import to_onnx
 from .projection import CostModel, LatencyCache
 from .settings import SETTINGS_ATTR, Settings
 from .storage import artifact_store, load_study, open_storage
-from .train import teacher_logits
+from .train import resolve_device, teacher_logits
 from .weights import download_state_dict, upload_state_dict
 
 REFERENCE_ATTR = "latency_reference"
@@ -53,6 +53,7 @@ class Context:
     baseline_figures: Figures
     teacher_outputs: torch.Tensor | None
     calibration: tuple[torch.Tensor, torch.Tensor]
+    device: str  # where this worker trains: settings.device resolved on this machine
 
 
 def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None = None) -> Context:
@@ -66,6 +67,7 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
     refused (:class:`UserError`) before its baseline trains.
     """
     _check_model_file(settings)
+    device = resolve_device(settings.device)
     data = load_data(settings.data, image_size=settings.image_size, seed=settings.seed, patients=settings.patients,
                      group_by=settings.group_by)
     example = example_input(data)
@@ -75,10 +77,11 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
     calibration = calibration_batch(data)
     apply_recipe(untrained, uniform_recipe(space, 0.5, importance=space.importance), example, calibration)
     baseline = (from_state(settings.model, data, baseline_state, settings.weights) if baseline_state is not None else
-                get_baseline(settings.model, data, seed=settings.seed, epochs=settings.baseline_epochs, weights=settings.weights))
+                get_baseline(settings.model, data, seed=settings.seed, epochs=settings.baseline_epochs, weights=settings.weights,
+                             device=device))
     teacher = teacher_logits(baseline.model, data.train.images) if settings.distill > 0 else None
     return Context(settings, data, baseline, groups, space, Target.from_dict(settings.target), example,
-                   figures(baseline.model, example, groups), teacher, calibration)
+                   figures(baseline.model, example, groups), teacher, calibration, device)
 
 
 def _check_model_file(settings: Settings) -> None:

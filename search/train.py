@@ -1,7 +1,9 @@
 """Training and scoring: Dice, an imbalance-aware loss, distillation from the baseline.
 
-Everything runs on the CPU with tensors held in memory (data sets here are a few
-hundred 2D slices). Training is deterministic for a given seed and thread count.
+Data sets are held in memory on the CPU (a few hundred to a few thousand 2D slices);
+training moves each batch to its device (the CPU, or a CUDA GPU when there is one: fine-
+tuning is most of a search's time) and returns the model to the CPU, where it is pruned,
+measured and exported. On the CPU training is deterministic for a given seed and thread count.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .data import SegmentationData, Split
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,8 @@ class Schedule:
     """How a network is trained: the baseline's long schedule or a trial's short fine-tune.
 
     ``distill`` weights a KL term towards the teacher's logits (the baseline's), which
-    keeps small structures that a tiny pruned net otherwise drops.
+    keeps small structures that a tiny pruned net otherwise drops. ``device`` is where
+    training runs (``cpu`` or ``cuda``, see :func:`resolve_device`).
     """
 
     epochs: int
@@ -31,6 +37,7 @@ class Schedule:
     distill: float = 0.0
     temperature: float = 2.0
     seed: int = 0
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -67,11 +74,23 @@ def scores_from_counts(counts: torch.Tensor, class_names: tuple[str, ...]) -> Sc
     return Scores(per_class)
 
 
+def resolve_device(name: str) -> str:
+    """``auto``: ``cuda`` when PyTorch sees a CUDA GPU, else ``cpu``; ``cuda`` without one is a UserError."""
+    if name not in DEVICES:
+        raise UserError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
+    available = torch.cuda.is_available()
+    if name == "cuda" and not available:
+        raise UserError(f"--device cuda, but this PyTorch ({torch.__version__}) sees no CUDA GPU: use --device cpu")
+    return "cuda" if name == "cuda" or (name == "auto" and available) else "cpu"
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Label maps (N, H, W) predicted by ``model`` in eval mode."""
+    """Label maps (N, H, W), on the CPU, predicted by ``model`` in eval mode on the model's device."""
     model.eval()
-    return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    return torch.cat([model(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)])
 
 
 def evaluate(model: nn.Module, split: Split, class_names: tuple[str, ...]) -> Scores:
@@ -116,21 +135,25 @@ def train(
 
     ``teacher_outputs`` (logits for every training image, see :func:`teacher_logits`)
     is required when ``schedule.distill > 0``. ``on_epoch`` may stop training early by
-    returning False; the scores of the last finished epoch are returned either way.
+    returning False; the scores of the last finished epoch are returned either way. The
+    model trains on ``schedule.device`` and is back on the CPU when this returns or raises.
     """
     if schedule.distill > 0 and teacher_outputs is None:
         raise ValueError("distillation needs teacher_outputs")
     generator = torch.Generator().manual_seed(schedule.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=1e-4)
-    steps = schedule.epochs * -(-len(data.train.images) // schedule.batch_size)
-    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=schedule.lr, total_steps=max(steps, 1))
-    scores = Scores({name: 0.0 for name in data.class_names[1:]})
-    for epoch in range(schedule.epochs):
-        loss = _train_epoch(model, data.train, schedule, optimizer, lr_schedule, generator, teacher_outputs)
-        scores = evaluate(model, data.val, data.class_names)
-        if on_epoch is not None and not on_epoch(epoch, loss, scores):
-            break
-    model.eval()
+    model.to(schedule.device)
+    try:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=1e-4)
+        steps = schedule.epochs * -(-len(data.train.images) // schedule.batch_size)
+        lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=schedule.lr, total_steps=max(steps, 1))
+        scores = Scores({name: 0.0 for name in data.class_names[1:]})
+        for epoch in range(schedule.epochs):
+            loss = _train_epoch(model, data.train, schedule, optimizer, lr_schedule, generator, teacher_outputs)
+            scores = evaluate(model, data.val, data.class_names)
+            if on_epoch is not None and not on_epoch(epoch, loss, scores):
+                break
+    finally:
+        model.to("cpu").eval()
     return scores
 
 
@@ -144,10 +167,11 @@ def _train_epoch(model, split, schedule, optimizer, lr_schedule, generator, teac
     total = 0.0
     for start in range(0, len(order), schedule.batch_size):
         index = order[start : start + schedule.batch_size]
-        logits = model(split.images[index])
-        loss = segmentation_loss(logits, split.masks[index])
+        logits = model(split.images[index].to(schedule.device))
+        loss = segmentation_loss(logits, split.masks[index].to(schedule.device))
         if schedule.distill > 0:
-            loss = loss + schedule.distill * distillation_loss(logits, teacher_outputs[index], schedule.temperature)
+            target = teacher_outputs[index].to(schedule.device)
+            loss = loss + schedule.distill * distillation_loss(logits, target, schedule.temperature)
         value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"training diverged: the loss is {value} (check the data for NaN or infinite values)")

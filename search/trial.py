@@ -158,7 +158,8 @@ class TrialRunner:
         epoch) is part of ``time_finetune_s``.
         """
         ctx = self.context
-        schedule = Schedule(epochs=ctx.settings.epochs, seed=ctx.settings.seed + trial.number, distill=ctx.settings.distill)
+        schedule = Schedule(epochs=ctx.settings.epochs, seed=ctx.settings.seed + trial.number, distill=ctx.settings.distill,
+                            device=ctx.device)
         history: list[float] = []
 
         def on_epoch(epoch: int, loss: float, scores: Scores) -> bool:

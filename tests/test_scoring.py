@@ -13,10 +13,13 @@ import torch
 import torch.nn.functional as F
 from optuna.trial import TrialState
 
-from autosculpt.search.data import Split
+from autosculpt.errors import UserError
 from autosculpt.search.best import best_feasible, best_within, ranked_within
+from autosculpt.search.cli import main
+from autosculpt.search.data import Split
+from autosculpt.search.latency import Target
 from autosculpt.search.progress import LiveView
-from autosculpt.search.train import dice_counts, evaluate, scores_from_counts, segmentation_loss
+from autosculpt.search.train import dice_counts, evaluate, resolve_device, scores_from_counts, segmentation_loss
 
 CLASSES = ("background", "organ", "lesion")
 
@@ -139,3 +142,35 @@ def test_one_rule_ranks_ties_by_latency_then_trial_number_and_the_live_view_read
     view = LiveView(study, 10.0, limit=None, quiet=True)
     assert view._best_text().startswith("trial 1:")
     assert LiveView(study, 0.5, limit=None, quiet=True)._best_text() == "none yet within 0.5 ms"
+
+
+# --- where training runs ---------------------------------------------------------------
+
+
+def test_auto_trains_on_the_gpu_only_when_there_is_one_and_cuda_without_one_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device("cpu") == "cpu"
+    with pytest.raises(UserError, match="sees no CUDA GPU: use --device cpu"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == resolve_device("cuda") == "cuda"
+    with pytest.raises(UserError, match="unknown device"):
+        resolve_device("tpu")
+
+
+def test_a_search_asking_for_cuda_without_a_gpu_stops_before_training(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code = main(["search", "--preset", "smoke", "--budget-ms", "5", "--device", "cuda",
+                 "--storage", f"sqlite:///{tmp_path / 'studies.db'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines()[-1].startswith("error: --device cuda") and err.count("error") == 1
+    assert "baseline unet-tiny epoch" not in err  # refused before the baseline trains
+
+
+def test_latency_on_a_gpu_is_for_eager_pytorch_on_this_machine_only():
+    with pytest.raises(UserError, match="cuda with the local torch runtime"):
+        Target(device="cuda")
+    with pytest.raises(UserError, match="cuda with the local torch runtime"):
+        Target(device="gpu", runtime="torch")
+    assert Target(device="cuda", runtime="torch").device == "cuda"

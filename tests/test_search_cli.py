@@ -166,6 +166,7 @@ BAD_INPUTS = [
     (("search",), "give one budget"),
     (("resume", "no-such-study"), "no study named"),
     (("search", "--budget-ms", "5", "--preset", "nope"), "invalid choice"),
+    (("search", "--budget-ms", "5", "--device", "tpu"), "invalid choice"),
     (("search", "--budget-ms", "5", "--model", "resnet9000"), "unknown model"),
     (("search", "--budget-ms", "5", "--space", "/nonexistent/space.toml"), "space"),
     (("search", "--budget-ms", "5", "--target", "http://127.0.0.1:9"), "127.0.0.1:9"),

@@ -59,6 +59,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="most fine-tuning epochs of a trial; the pruner stops two in three after 3/8 of them (default 8)")
     parser.add_argument("--polish-epochs", type=int, metavar="N", help="epochs of the winner's polish (default 3 x --epochs; 0: none)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the data, baseline and samplers (default 0)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                        help="where to train the baseline, fine-tunes and polish (default auto: a CUDA GPU if there is "
+                             "one); latency is measured on the target CPU either way")
     parser.add_argument("--distill", type=float, metavar="W", help="weight of distillation from the baseline while fine-tuning (default 0: off)")
 
 

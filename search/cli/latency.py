@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ...errors import UserError
 from ..latency import Reference, Target, machine_reference, measure, measure_onnx
+from ..train import resolve_device
 from ._common import add_command, print_rows
 
 REFERENCE_KEEP = 0.25  # of unet's channels: about 3 ms at 96 px, between pruned nets and the dense one
@@ -25,6 +26,7 @@ EXAMPLES = [
     "autosculpt latency --model exports/best   # a folder holding model.onnx",
     "autosculpt latency --alone                # timed by itself, as the machine runs it this second",
     "autosculpt latency --recalibrate          # measure this machine's reference again",
+    "autosculpt latency --runtime torch --device cuda   # the dense model on this machine's GPU, for comparison",
     "AUTOSCULPT_AGENT_TOKEN=... autosculpt latency --target http://10.0.0.7:8765",
 ]
 
@@ -39,6 +41,8 @@ def register(subparsers) -> None:
     parser.add_argument("--target", metavar="URL", help="remote latency agent http://HOST:PORT (token in $AUTOSCULPT_AGENT_TOKEN)")
     parser.add_argument("--size", type=int, default=96, metavar="N", help="input size N x N, a multiple of 16 (default 96)")
     parser.add_argument("--classes", type=int, default=4, metavar="N", help="output classes of a preset (default 4)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: time eager PyTorch (--runtime torch) on this machine's GPU, wall clock (default cpu)")
     parser.add_argument("--alone", action="store_true",
                         help="time the model by itself instead of against this machine's reference network")
     parser.add_argument("--recalibrate", action="store_true",
@@ -47,7 +51,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    target = Target(url=args.target, threads=args.threads, runtime=args.runtime)
+    target = Target(url=args.target, threads=args.threads, runtime=args.runtime, device=args.device)
+    if args.device == "cuda":
+        resolve_device("cuda")  # one line, not a worker's traceback, on a machine without a GPU
     folder = Path(args.model)
     model, shape = _folder_model(folder, args) if folder.is_dir() else _preset(args)
     reference, calibration = _reference(shape, target, args)
@@ -68,7 +74,7 @@ def _reference(shape: tuple[int, ...], target: Target, args) -> tuple[Reference 
     """This machine's reference for ``shape``, or (None, None) when the model is timed alone:
     ``--alone``, a remote agent (it times models alone), eager PyTorch, or a shape the
     reference U-Net cannot take."""
-    if args.alone or target.url or target.runtime != "ort" or len(shape) != 4 or shape[2] % 16 or shape[3] % 16:
+    if args.alone or target.url or target.runtime != "ort" or target.device != "cpu" or len(shape) != 4 or shape[2] % 16 or shape[3] % 16:
         return None, None
     import torch
 

@@ -22,8 +22,8 @@ EXAMPLES = [
     "autosculpt resume paper-5ms --budget-ms 8 --force  # change a stored setting",
 ]
 
-# Settings a resumed study may change without --force: how long it runs.
-FREE_TO_CHANGE = {"trials", "timeout_s", "max_dice_loss", "polish_epochs"}
+# Settings a resumed study may change without --force: how long it runs, where it trains.
+FREE_TO_CHANGE = {"trials", "timeout_s", "max_dice_loss", "polish_epochs", "device"}
 
 
 def register(subparsers) -> None:

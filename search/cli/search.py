@@ -92,7 +92,7 @@ def settings_given(args) -> dict:
         "weights": args.weights, "data": args.data, "image_size": args.image_size, "space": args.space,
         "space_spec": space_spec, "target": target.to_dict() if target else None, "epochs": args.epochs,
         "seed": args.seed, "distill": args.distill, "speedup": args.speedup, "max_dice_loss": args.max_dice_loss,
-        "polish_epochs": args.polish_epochs, "group_by": args.group_by,
+        "polish_epochs": args.polish_epochs, "group_by": args.group_by, "device": args.device,
     }
 
 

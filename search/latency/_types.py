@@ -35,7 +35,8 @@ class Target:
     Runtime only. ``batch`` replaces the leading dimension of the measured input shape.
     After ``warmup`` runs, runs are timed in ``rounds`` rounds over a window of
     ``max(min_seconds, min_runs runs)``, capped at ``max_seconds``; every round has at
-    least one run.
+    least one run. ``device`` ``cuda`` times eager PyTorch on this machine's GPU (wall
+    clock, waiting for the kernels): for comparison with the CPU figures, never a target.
     """
 
     url: str | None = None
@@ -47,6 +48,7 @@ class Target:
     warmup: int = 5
     min_seconds: float = 1.0
     rounds: int = 10
+    device: str = "cpu"
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
@@ -62,6 +64,8 @@ class Target:
                 raise UserError(f"latency target {self.url!r} is not a URL: give it as http://HOST:PORT")
             if self.runtime != "ort":
                 raise UserError("a remote latency agent measures ONNX Runtime only: use runtime 'ort' with --target")
+        if self.device not in ("cpu", "cuda") or (self.device == "cuda" and (self.runtime != "torch" or self.url)):
+            raise UserError(f"latency device {self.device!r}: cpu, or cuda with the local torch runtime (--runtime torch)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -31,8 +31,10 @@ def _worker(spec: dict) -> None:
     shape = tuple(spec["shape"])
     if target.threads == 1:
         _pin_to_one_core()
-    load = _ort_runner if target.runtime == "ort" else _torch_runner
-    run = load(Path(spec["model"]), shape, target.threads)
+    if target.runtime == "ort":
+        run = _ort_runner(Path(spec["model"]), shape, target.threads)
+    else:
+        run = _torch_runner(Path(spec["model"]), shape, target.threads, target.device)
     reference = _ort_runner(Path(spec["reference"]), shape, target.threads) if "reference" in spec else None
     rounds = _time_rounds(run, reference, target)
     Path(spec["out"]).write_text(json.dumps(_stats(rounds, target, shape, spec.get("reference_ms")).to_dict()))
@@ -78,23 +80,27 @@ def _ort_runner(path: Path, shape: tuple[int, ...], threads: int):
     return lambda: session.run(None, feed)
 
 
-def _torch_runner(path: Path, shape: tuple[int, ...], threads: int):
+def _torch_runner(path: Path, shape: tuple[int, ...], threads: int, device: str = "cpu"):
+    """A run of the exported program on ``device``; on a GPU it waits for the kernels to finish."""
     import torch
 
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
-    module = torch.export.load(path).module()
-    image = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    module = torch.export.load(path).module().to(device)
+    image = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(device)
+    wait = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def run():
         with torch.inference_mode():
             module(image)
+        wait()
 
     return run
 
 
-def _clock_name(threads: int) -> str:
-    return "thread-cpu" if threads == 1 else "wall"
+def _clock_name(target: Target) -> str:
+    """Thread CPU time for one CPU thread; wall clock for more threads or a GPU (its time is not the thread's)."""
+    return "thread-cpu" if target.threads == 1 and target.device == "cpu" else "wall"
 
 
 def _time_rounds(run, reference, target: Target) -> list[tuple[list[float], list[float]]]:
@@ -107,7 +113,7 @@ def _time_rounds(run, reference, target: Target) -> list[tuple[list[float], list
     most ``max_seconds``, split evenly into rounds; with a reference each round gives half
     its time to each network.
     """
-    clock = time.thread_time_ns if target.threads == 1 else time.perf_counter_ns
+    clock = time.thread_time_ns if _clock_name(target) == "thread-cpu" else time.perf_counter_ns
     networks = 1 if reference is None else 2
     start = time.perf_counter_ns()
     for _ in range(max(target.warmup, 1)):
@@ -165,7 +171,7 @@ def _stats(rounds, target: Target, shape: tuple[int, ...], reference_ms: float |
         median_ms=figure, p90_ms=float(np.percentile(runs, 90)) * scale,
         min_ms=float(runs.min()) * scale, max_ms=float(runs.max()) * scale, runs=sum(len(model) for model, _ in rounds),
         cv=float(runs.std() / runs.mean()), threads=target.threads, runtime=target.runtime,
-        cpu_model=cpu_model(), input_shape=shape, clock=_clock_name(target.threads), rounds=len(rounds),
+        cpu_model=cpu_model(), input_shape=shape, clock=_clock_name(target), rounds=len(rounds),
         noise=float((q75 - q25) / figure), raw_median_ms=raw, reference_ms=reference_ms,
     )
 
