@@ -81,3 +81,11 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd=None)
     """Run ``autosculpt ARGS`` in a subprocess, as a user would; returns the finished process."""
     return subprocess.run([sys.executable, "-m", "autosculpt.search.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture
+def cache(tmp_path_factory, monkeypatch):
+    """A fresh cache for one test, so it depends on neither the user's nor another test's cache."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("AUTOSCULPT_CACHE", str(folder))
+    return folder

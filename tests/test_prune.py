@@ -20,7 +20,6 @@ from autosculpt.space import (
     count_parameters,
     figures,
     layer_groups,
-    load_user_model,
     preset_config,
     rebuild,
 )
@@ -348,61 +347,3 @@ def test_any_model_is_prunable(model, coupled):
         assert pruned(x).shape == net(x).shape
         assert figures(pruned, x, groups).channels == channel_plan(groups, recipe)
         assert count_parameters(pruned) < count_parameters(net)
-
-
-USER_MODEL = """
-import torch
-from torch import nn
-
-class TinySeg(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
-        )
-        self.head = nn.Conv2d(8, 2, 1)
-
-    def forward(self, x):
-        return self.head(self.body(x))
-
-class NeedsArgs(nn.Module):
-    def __init__(self, width):
-        super().__init__()
-
-NOT_A_MODULE = 3
-"""
-
-
-def test_load_user_model_from_a_file(tmp_path):
-    path = tmp_path / "mynet.py"
-    path.write_text(USER_MODEL)
-    model = load_user_model(f"{path}:TinySeg")
-    torch.save(model.state_dict(), tmp_path / "w.pt")
-    loaded = load_user_model(f"{path}:TinySeg", str(tmp_path / "w.pt"))
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
-    x = torch.randn(1, 1, 16, 16)
-    assert [g.name for g in layer_groups(loaded, x)] == ["body.0", "body.3"]
-    assert apply_recipe(loaded, Recipe.uniform(0.5), x)(x).shape == (1, 2, 16, 16)
-    assert isinstance(load_user_model("autosculpt.space.unet:UNet"), UNet)
-
-
-@pytest.mark.parametrize(
-    ("spec", "weights", "message"),
-    [
-        ("{dir}/missing.py:TinySeg", None, "not found"),
-        ("{dir}/mynet.py", None, "module:Class"),
-        ("{dir}/mynet.py:Nope", None, "no nn.Module class"),
-        ("{dir}/mynet.py:NOT_A_MODULE", None, "no nn.Module class"),
-        ("{dir}/mynet.py:NeedsArgs", None, "without arguments"),
-        ("no_such_package.models:Net", None, "cannot import"),
-        ("{dir}/mynet.py:TinySeg", "missing.pt", "not found"),
-        ("{dir}/mynet.py:TinySeg", "wrong.pt", "does not fit"),
-        ("{dir}/mynet.py:TinySeg", "pickled.pt", "cannot read"),
-    ],
-)
-def test_load_user_model_errors(tmp_path, spec, weights, message):
-    (tmp_path / "mynet.py").write_text(USER_MODEL)
-    torch.save({"head.weight": torch.zeros(3, 8, 1, 1)}, tmp_path / "wrong.pt")
-    torch.save(nn.Conv2d(1, 1, 1), tmp_path / "pickled.pt")
-    with pytest.raises(UserError, match=message):
-        load_user_model(spec.format(dir=tmp_path), weights and str(tmp_path / weights))
