@@ -6,16 +6,19 @@ int8 activations whose ranges are calibrated (MinMax) on training slices. The re
 runs in plain ONNX Runtime. What is quantized was chosen by measuring the ``unet``
 preset at 96x96 (ONNX Runtime 1.32, 1 thread, a 2-core AMD EPYC with VNNI):
 
+- *Pre-processing first.* The exporter's Identity nodes hide the convolutions' biases
+  from the quantizer ("Expected bias ... to be an initializer"), which then leaves them
+  unfused: without ``quant_pre_process``, keep 0.25 took 2.59 against 1.98 ms.
 - *Conv only.* The CPU provider fuses ``DequantizeLinear -> Conv`` into ``QLinearConv``,
   but runs a quantized ConvTranspose as ``DequantizeLinear -> ConvTranspose`` in fp32
   with extra Q/DQ pairs: quantizing it too made the model slower (keep 1: 12.0 against
   11.3 ms; keep 0.25: 2.10 against 2.02 ms). Quantizing Relu, MaxPool and Concat as
   well (the tool's default) made it 1.5x slower (17.1 against 11.1 ms at keep 1).
 - *Thin convolutions stay fp32.* A Conv with fewer than :data:`MIN_INT8_CHANNELS` input
-  (per group) or output channels (the first layer, the head, the layers of a heavily pruned net)
-  costs more in quantizing, layout changes and dequantizing than int8 saves: with
-  every Conv quantized, keep 0.1 took 1.67 ms against fp32's 0.97; with the thin ones
-  in fp32, 0.85 ms.
+  (per group) or output channels (the first layer, the head, the layers of a heavily
+  pruned net) costs more in quantizing, layout changes and dequantizing than int8
+  saves: with every Conv quantized, keep 0.1 took 1.67 ms against fp32's 0.97; with
+  the thin ones in fp32, 0.85 ms.
 - *reduce_range without VNNI.* x86 CPUs without VNNI multiply 8-bit values with an
   instruction whose 16-bit sums can saturate; 7-bit weights avoid it
   (``reduce_range=True``). :func:`has_vnni` reads the CPU flags.
