@@ -114,9 +114,10 @@ def get_report_data(study: optuna.Study, storage_url: str | None = None) -> Repo
     export = as_dict(attrs.get("export"))
     budget = finite(settings.get("budget_ms"))
     trials = study.get_trials(deepcopy=False)
-    rows = [get_trial_row(t, budget if budget is not None else math.inf) for t in trials]
+    limit = budget if budget is not None else math.inf  # a study stored without a budget: every trial is within
+    rows = [get_trial_row(t, limit) for t in trials]
     by_number = {row.number: row for row in rows}
-    ranked = [by_number[t.number] for t in ranked_within(trials, budget if budget is not None else math.inf)]
+    ranked = [by_number[t.number] for t in ranked_within(trials, limit)]
     chosen = _chosen_trial(rows, ranked, export)
     headline = get_headline_info(rows, chosen, baseline, export, settings, budget)
     storage = storage_url or settings.get("storage")
