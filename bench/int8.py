@@ -26,19 +26,17 @@ import os
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import onnxruntime
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from autosculpt.search.baseline import example_input, get_baseline
 from autosculpt.search.data import SegmentationData, load_data
 from autosculpt.search.latency import LatencyStats, Reference, Target, cpu_model, measure_onnx, pooled
-from autosculpt.search.onnx_io import to_onnx
+from autosculpt.search.onnx_io import ort_labels, to_onnx
 from autosculpt.search.quantize import calibration_slices, has_vnni, quantize_int8
 from autosculpt.search.study import calibration_batch
-from autosculpt.search.train import Schedule, dice_counts, scores_from_counts, train
+from autosculpt.search.train import Schedule, split_scores, train
 from autosculpt.space import Recipe, apply_recipe, figures
 
 
@@ -73,18 +71,6 @@ class Row:
     kept_fp32: dict[str, int]
 
 
-def ort_predict(onnx_bytes: bytes, images: torch.Tensor) -> np.ndarray:
-    """Label maps from ONNX Runtime, one slice at a time."""
-    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: image[None].numpy()})[0].argmax(1) for image in images])
-
-
-def split_dice(pred: np.ndarray, data: SegmentationData) -> float:
-    counts = dice_counts(torch.from_numpy(pred), data.test.masks, data.num_classes)
-    return scores_from_counts(counts, data.class_names).mean
-
-
 def bench_keep(keep: float, baseline, data: SegmentationData, plan: Plan, reduce_range: bool) -> Row:
     """Prune, fine-tune, quantize three ways, measure and score one network."""
     example = example_input(data)
@@ -101,9 +87,10 @@ def bench_keep(keep: float, baseline, data: SegmentationData, plan: Plan, reduce
     reference = Reference(fp32, fp32_stats.median_ms)
     stats = {name: pooled([measure_onnx(model, shape, plan.target, reference) for _ in range(plan.measurements)])
              for name, model in variants.items()}
-    fp32_pred, int8_pred = ort_predict(fp32, data.test.images), ort_predict(int8.onnx, data.test.images)
+    fp32_pred, int8_pred = ort_labels(fp32, data.test.images), ort_labels(int8.onnx, data.test.images)
     return Row(keep, figures(net, example).params, fp32_stats, stats["deployed"], stats["conv_transpose"], stats["thin"],
-               split_dice(fp32_pred, data), split_dice(int8_pred, data), float((fp32_pred == int8_pred).mean()),
+               split_scores(fp32_pred, data.test, data.class_names).mean, split_scores(int8_pred, data.test, data.class_names).mean,
+               float((fp32_pred == int8_pred).double().mean()),
                int8.kept_fp32)
 
 

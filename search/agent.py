@@ -41,11 +41,10 @@ import os
 import platform
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import UserError
-from .latency import TOKEN_ENV, LocalMeter, Target, cpu_model
+from .latency import TOKEN_ENV, LocalMeter, Target, cpu_model, package_version
 from .latency._types import batched
 
 MAX_RUNS = 10_000
@@ -108,17 +107,10 @@ def info() -> dict:
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "onnxruntime": _version("onnxruntime"),
-        "numpy": _version("numpy"),
-        "autosculpt": _version("autosculpt"),
+        "onnxruntime": package_version("onnxruntime"),
+        "numpy": package_version("numpy"),
+        "autosculpt": package_version("autosculpt"),
     }
-
-
-def _version(package: str) -> str:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -28,14 +28,14 @@ from ..space import Recipe, figures, rebuild
 from .data import SegmentationData
 from .latency import measure_onnx, pooled
 from .metrics import per_volume, summary
-from .onnx_io import to_onnx
+from .onnx_io import ort_labels, to_onnx
 from .polish import polish_record, polished_weights
 from .quantize import INT8_FILE, PRECISIONS, calibration_slices, has_vnni, quantize_int8
 from .samples import QualitativeSample
 from .settings import Settings
 from .storage import artifact_store
 from .study import Context, environment, prepare, study_baseline, study_reference
-from .train import dice_counts, predict, scores_from_counts
+from .train import dice_counts, predict, scores_from_counts, split_scores
 from .verdict import Verdict, trade_off
 from .weights import download_state_dict
 
@@ -75,8 +75,8 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
     session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     max_diff = _max_difference(net, session, context.data.test.images[:8])
     stats = _remeasure(onnx_bytes, study, context)
-    test_pred = _ort_predict(session, context.data.test.images)
-    test = scores_from_counts(dice_counts(test_pred, context.data.test.masks, context.data.num_classes), context.data.class_names)
+    test_pred = ort_labels(session, context.data.test.images)
+    test = split_scores(test_pred, context.data.test, context.data.class_names)
     figs = figures(net, context.example, context.groups)
     budget = budget_ms or settings.budget_ms
     verdict = Verdict(budget, stats.median_ms, stats.p90_ms, test.mean, context.baseline.test.mean, settings.max_dice_loss,
@@ -135,9 +135,8 @@ def _int8_section(fp32_bytes: bytes, fp32_pred: torch.Tensor, fp32_dice: float, 
     vnni = None if context.target.url else has_vnni()
     model = quantize_int8(fp32_bytes, calibration_slices(context.data.train.images), reduce_range=vnni is not True)
     (folder / INT8_FILE).write_bytes(model.onnx)
-    session = onnxruntime.InferenceSession(model.onnx, providers=["CPUExecutionProvider"])
-    pred = _ort_predict(session, context.data.test.images)
-    test = scores_from_counts(dice_counts(pred, context.data.test.masks, context.data.num_classes), context.data.class_names)
+    pred = ort_labels(model.onnx, context.data.test.images)
+    test = split_scores(pred, context.data.test, context.data.class_names)
     stats = _remeasure(model.onnx, study, context)
     faster = stats.median_ms < fp32_stats.median_ms
     ratio = fp32_stats.median_ms / stats.median_ms
@@ -152,13 +151,6 @@ def _int8_section(fp32_bytes: bytes, fp32_pred: torch.Tensor, fp32_dice: float, 
         "faster": faster, "deploy": INT8_FILE if faster else "model.onnx", "summary": line, "vnni": vnni,
         **model.to_dict(), "file_size": len(model.onnx), "sha256": hashlib.sha256(model.onnx).hexdigest(),
     }
-
-
-def _ort_predict(session: onnxruntime.InferenceSession, images: torch.Tensor) -> torch.Tensor:
-    """Label maps from ONNX Runtime, one image at a time (the model's fixed batch is 1)."""
-    name = session.get_inputs()[0].name
-    logits = [session.run(None, {name: image[None].numpy()})[0] for image in images]
-    return torch.from_numpy(np.concatenate(logits).argmax(1))
 
 
 def _max_difference(net: torch.nn.Module, session: onnxruntime.InferenceSession, images: torch.Tensor) -> float:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .data import Split
+from .train import dice_counts, scores_from_counts
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def per_volume(pred: torch.Tensor, split: Split, class_names: tuple[str, ...]) -
     for volume in dict.fromkeys(split.volumes):
         rows = np.flatnonzero(volumes == volume)
         spacing = np.median(split.spacing[rows], axis=0)
-        scores.append(_score(volume, pred[rows].numpy(), split.masks[rows].numpy(), spacing, class_names))
+        scores.append(_score(volume, pred[rows], split.masks[rows], spacing, class_names))
     return scores
 
 
@@ -59,12 +60,11 @@ def summary(scores: list[VolumeScores]) -> dict[str, dict[str, float | int | Non
     return out
 
 
-def _score(volume: str, pred: np.ndarray, truth: np.ndarray, spacing: np.ndarray, class_names) -> VolumeScores:
-    dice, hd95 = {}, {}
+def _score(volume: str, pred: torch.Tensor, truth: torch.Tensor, spacing: np.ndarray, class_names) -> VolumeScores:
+    dice = scores_from_counts(dice_counts(pred, truth, len(class_names)), class_names).per_class
+    hd95 = {}
     for label, name in enumerate(class_names[1:], start=1):
-        p, t = pred == label, truth == label
-        size = p.sum() + t.sum()
-        dice[name] = 1.0 if size == 0 else float(2 * (p & t).sum() / size)
+        p, t = (pred == label).numpy(), (truth == label).numpy()
         hd95[name] = _hd95(p, t, spacing) if p.any() and t.any() else None
     return VolumeScores(volume, dice, hd95)
 

@@ -77,3 +77,15 @@ def onnx_input_shape(onnx_bytes: bytes) -> tuple[int, ...]:
     if any(not dim.HasField("dim_value") for dim in dims):
         raise ValueError("the ONNX model's input shape is not fixed; export it with a fixed shape")
     return tuple(int(dim.dim_value) for dim in dims)
+
+
+def ort_labels(session, images: torch.Tensor) -> torch.Tensor:
+    """Label maps (N, H, W) of ``images`` (N, C, H, W) from an ONNX Runtime session (or the
+    bytes of a model, run on the CPU), one image at a time (exported models have batch 1)."""
+    import numpy as np
+    import onnxruntime
+
+    if isinstance(session, bytes):
+        session = onnxruntime.InferenceSession(session, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return torch.from_numpy(np.concatenate([session.run(None, {name: image[None].numpy()})[0].argmax(1) for image in images]))

@@ -93,10 +93,14 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> tor
     return torch.cat([model(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)])
 
 
+def split_scores(pred: torch.Tensor, split: Split, class_names: tuple[str, ...]) -> Scores:
+    """Dice of the label maps ``pred`` (N, H, W) against ``split``'s masks, pooled over all its slices."""
+    return scores_from_counts(dice_counts(pred, split.masks, len(class_names)), class_names)
+
+
 def evaluate(model: nn.Module, split: Split, class_names: tuple[str, ...]) -> Scores:
     """Dice of ``model`` on ``split``, pooled over all its slices."""
-    pred = predict(model, split.images)
-    return scores_from_counts(dice_counts(pred, split.masks, len(class_names)), class_names)
+    return split_scores(predict(model, split.images), split, class_names)
 
 
 @torch.inference_mode()

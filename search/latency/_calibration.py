@@ -16,11 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from importlib.metadata import PackageNotFoundError, version
 
 from ..cache import cache_dir, write_atomically
 from ._meter import measure_onnx
-from ._types import LatencyStats, Reference, Target, cpu_model, pooled
+from ._types import LatencyStats, Reference, Target, cpu_model, package_version, pooled
 
 CALIBRATION_MEASUREMENTS = 5
 
@@ -41,7 +40,7 @@ def machine_reference(onnx_bytes: bytes, shape: tuple[int, ...], target: Target,
 
 def _key(onnx_bytes: bytes, shape: tuple[int, ...], target: Target) -> str:
     """Everything the reference's latency depends on, hashed."""
-    what = [cpu_model(), target.threads, target.runtime, target.batch, list(shape), _ort_version(),
+    what = [cpu_model(), target.threads, target.runtime, target.batch, list(shape), package_version("onnxruntime"),
             hashlib.sha256(onnx_bytes).hexdigest()]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
@@ -58,10 +57,3 @@ def _read(path) -> dict | None:
         return record if isinstance(record.get("median_ms"), (int, float)) and record["median_ms"] > 0 else None
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def _ort_version() -> str:
-    try:
-        return version("onnxruntime")
-    except PackageNotFoundError:
-        return "not installed"

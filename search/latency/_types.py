@@ -5,6 +5,7 @@ pooling and re-measuring figures near a budget."""
 from __future__ import annotations
 
 import platform
+from importlib.metadata import PackageNotFoundError, version
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from statistics import median
@@ -173,6 +174,14 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def package_version(package: str) -> str:
+    """The installed version of ``package``, or ``not installed``."""
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def batched(input_shape, batch: int) -> tuple[int, ...]:
