@@ -5,6 +5,13 @@ gives a label volume of the same file name, shape, affine and header (nnU-Net's
 convention): it is cut into slices along its third (through-plane) axis, as training
 data are, each slice fitted and normalised as in training, predicted, and mapped back
 with nearest-neighbour resizing; a 4D volume (cine) is predicted frame by frame.
+Inputs carry the channels the model was trained on (its ONNX input shape, which the model
+card records as ``input_shape``): a colour image 3 (RGB), a grey one 1, and a one-channel
+model reads colour images as grey. For a model of several channels, NIfTI inputs are
+nnU-Net's channel files ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ... (see
+``data._channels``), and each case gives one label volume ``CASE.nii.gz`` on the grid,
+affine and header of ``CASE_0000``; for a one-channel model each NIfTI file is its own
+input, whatever its name. Other channel counts are a UserError.
 Inference runs at the thread count the model card says the model was measured at.
 """
 
@@ -21,9 +28,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import UserError
-from .data import IMAGE_SUFFIXES, fit, grey_tile, normalise, overlay_tile, read_image, scaled_size
-
-VOLUME_SUFFIXES = (".nii", ".nii.gz")
+from .data import (IMAGE_SUFFIXES, VOLUME_SUFFIXES, channel_of, fit, group_channels, image_channels, image_tile,
+                   is_volume, load_nifti, normalise, overlay_tile, read_image, scaled_size, volume_name)
 
 
 def load_session(model_dir: Path) -> onnxruntime.InferenceSession:
@@ -51,13 +57,12 @@ def measured_threads(model_dir: Path) -> int:
 
 
 def segment(session: onnxruntime.InferenceSession, image: np.ndarray) -> np.ndarray:
-    """Label map of a 2D ``image`` at its own size: fitted to the model's input like the
-    training data (scale, pad, normalise), predicted, then mapped back."""
+    """Label map (H, W) of a (C, H, W) ``image`` at its own size: fitted to the model's input
+    like the training data (scale, pad, normalise each channel), predicted, then mapped back."""
     size = session.get_inputs()[0].shape[-1]
-    fitted, _ = fit(image[None], np.zeros((1, *image.shape), dtype=np.int64), size)
-    batch = normalise(fitted)[:, None]
-    labels = session.run(None, {session.get_inputs()[0].name: batch})[0].argmax(1)[0]
-    return _unfit(labels, image.shape, size)
+    fitted, _ = fit(image[None], np.zeros((1, *image.shape[1:]), dtype=np.int64), size)
+    labels = session.run(None, {session.get_inputs()[0].name: normalise(fitted)})[0].argmax(1)[0]
+    return _unfit(labels, image.shape[1:], size)
 
 
 def _unfit(labels: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
@@ -69,13 +74,13 @@ def _unfit(labels: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
 
 
 def segment_volume(session: onnxruntime.InferenceSession, volume: np.ndarray, advance=lambda: None) -> np.ndarray:
-    """Labels (uint8) of a (X, Y, Z) or (X, Y, Z, T) volume, slice by slice along Z, frame by
-    frame along T; ``advance()`` is called after each slice."""
-    if volume.ndim == 4:
-        return np.stack([segment_volume(session, volume[..., t], advance) for t in range(volume.shape[3])], axis=3)
-    labels = np.empty(volume.shape, dtype=np.uint8)
-    for z in range(volume.shape[2]):
-        labels[:, :, z] = segment(session, volume[:, :, z])
+    """Labels (uint8), (X, Y, Z) or (X, Y, Z, T), of a (C, X, Y, Z) or (C, X, Y, Z, T) volume,
+    slice by slice along Z, frame by frame along T; ``advance()`` is called after each slice."""
+    if volume.ndim == 5:
+        return np.stack([segment_volume(session, volume[..., t], advance) for t in range(volume.shape[4])], axis=3)
+    labels = np.empty(volume.shape[1:], dtype=np.uint8)
+    for z in range(volume.shape[3]):
+        labels[:, :, z] = segment(session, volume[..., z])
         advance()
     return labels
 
@@ -102,41 +107,75 @@ def predict_files(model_dir: Path, inputs: list[Path], out: Path, quiet: bool = 
     """Segment every input (see :func:`inputs_of`) into ``out``; the written mask files."""
     files = inputs_of(inputs)
     session = load_session(model_dir)
+    cases = cases_of(files, session.get_inputs()[0].shape[1])
     out.mkdir(parents=True, exist_ok=True)
     written = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     console = Console(stderr=True)
     with Progress(*columns, console=console, disable=quiet or not console.is_terminal, transient=True) as progress:
-        task = progress.add_task("predicting", total=len(files))
-        for file in files:
-            progress.update(task, description=f"predicting {file.name}")
-            if _kind(file) == "volume":
-                written.append(_predict_volume(session, file, out, progress))
+        task = progress.add_task("predicting", total=len(cases))
+        for name, channels in cases.items():
+            progress.update(task, description=f"predicting {name}")
+            if is_volume(channels[0]):
+                written.append(_predict_volume(session, channels, out / name, progress))
             else:
-                written.append(_predict_image(session, file, out))
+                written.append(_predict_image(session, channels[0], out))
             progress.advance(task)
     return written
 
 
+def cases_of(files: list[Path], channels: int) -> dict[str, list[Path]]:
+    """The input files of each prediction, by the name of the volume it writes (a 2D file's
+    own name): one file each, except that for a model of several ``channels`` the NIfTI
+    channel files CASE_0000, CASE_0001, ... of one case are one input, written as CASE.
+    A one-channel model reads colour images as grey (luminance); otherwise an input with
+    other channels than the model's is a UserError, found from names and image headers
+    before anything is predicted."""
+    cases, channel_files = {}, {}
+    for file in files:
+        if not is_volume(file):
+            if channels > 1:
+                _check_channels(channels, image_channels(file), file.name, "images in the colours it was trained on")
+            cases[file.name] = [file]
+        elif channels == 1:
+            cases[file.name] = [file]
+        elif channel_of(volume_name(file)) is None:
+            _check_channels(channels, 1, file.name, "each case's channels as CASE_0000.nii.gz, CASE_0001.nii.gz, ...")
+        else:
+            channel_files[(file.parent / volume_name(file)).as_posix()] = file
+    for case, group in group_channels(channel_files).items():
+        name = Path(case).name
+        _check_channels(channels, len(group), name, f"{name}_0000 to {name}_{channels - 1:04d}")
+        cases[name + group[0].name[len(volume_name(group[0])):]] = group
+    return cases
+
+
+def _check_channels(expected: int, given: int, name: str, fix: str) -> None:
+    if given != expected:
+        raise UserError(f"model expects {expected} channel(s), {name} has {given}: give {fix}")
+
+
 def _predict_image(session: onnxruntime.InferenceSession, file: Path, out: Path) -> Path:
-    image = read_image(file)
+    image = read_image(file, grey=session.get_inputs()[0].shape[1] == 1)
     labels = segment(session, image)
     Image.fromarray(labels).save(out / f"{file.stem}_mask.png")
-    overlay_tile(grey_tile(image), labels).save(out / f"{file.stem}_overlay.png")
+    overlay_tile(image_tile(image), labels).save(out / f"{file.stem}_overlay.png")
     return out / f"{file.stem}_mask.png"
 
 
-def _predict_volume(session: onnxruntime.InferenceSession, file: Path, out: Path, progress: Progress) -> Path:
-    """``out/<same name>``: the label volume on the input's grid, header and affine."""
-    try:
-        image = nibabel.load(file)
-        volume = np.asarray(image.get_fdata(dtype=np.float32))
-    except Exception as error:  # nibabel, gzip and zlib raise many types for a bad file
-        raise UserError(f"{file}: unreadable NIfTI ({error}): re-export or remove the file") from None
-    if volume.ndim not in (3, 4):
-        raise UserError(f"{file}: a {volume.ndim}D volume: give 3D volumes, or 4D (cine: frames along the 4th axis)")
-    slices = progress.add_task(f"  slices of {file.name}", total=int(np.prod(volume.shape[2:])))
-    labels = segment_volume(session, volume, lambda: progress.advance(slices))
+def _predict_volume(session: onnxruntime.InferenceSession, files: list[Path], target: Path, progress: Progress) -> Path:
+    """``target``: the label volume of the channel files ``files`` (one file for one channel),
+    on the grid, header and affine of the first."""
+    volumes, images = zip(*(load_nifti(file) for file in files))
+    for file, volume in zip(files, volumes):
+        if volume.ndim not in (3, 4):
+            raise UserError(f"{file}: a {volume.ndim}D volume: give 3D volumes, or 4D (cine: frames along the 4th axis)")
+        if volume.shape != volumes[0].shape:
+            raise UserError(f"{file}: shape {volume.shape} differs from {files[0].name} {volumes[0].shape}: "
+                            "resample every channel onto one grid")
+    image = images[0]
+    slices = progress.add_task(f"  slices of {target.name}", total=int(np.prod(volumes[0].shape[2:])))
+    labels = segment_volume(session, np.stack(volumes), lambda: progress.advance(slices))
     progress.remove_task(slices)
     header = image.header.copy()
     header.set_data_dtype(np.uint8)
@@ -144,13 +183,11 @@ def _predict_volume(session: onnxruntime.InferenceSession, file: Path, out: Path
     result.set_sform(image.get_sform(), code=int(image.header["sform_code"]))
     result.set_qform(image.get_qform(), code=int(image.header["qform_code"]))
     result.header.set_slope_inter(1.0, 0.0)
-    target = out / file.name
     nibabel.save(result, target)
     return target
 
 
 def _kind(path: Path) -> str | None:
-    name = path.name.lower()
-    if name.endswith(VOLUME_SUFFIXES):
+    if is_volume(path):
         return "volume"
     return "image" if path.suffix.lower() in IMAGE_SUFFIXES else None

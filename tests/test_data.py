@@ -108,14 +108,15 @@ def test_image_size_must_be_a_multiple_of_16(size, hint):
 
 
 def test_fit_scales_the_long_side_and_pads_the_short_one():
-    image = np.arange(40 * 80, dtype=np.float32).reshape(1, 40, 80)
+    image = np.arange(40 * 80, dtype=np.float32).reshape(1, 1, 40, 80)
     mask = np.zeros((1, 40, 80), dtype=np.int64)
     mask[:, :, 40:] = 2
     images, masks = fit(image, mask, 32)
-    assert images.shape == masks.shape == (1, 32, 32) and images.dtype == np.float32 and masks.dtype == np.int64
+    assert images.shape == (1, 1, 32, 32) and masks.shape == (1, 32, 32)
+    assert images.dtype == np.float32 and masks.dtype == np.int64
     assert (masks[0, :8] == 0).all() and (masks[0, 24:] == 0).all()  # 40x80 -> 16x32, padded 8 above and below
     assert (masks[0, 8:24, 16:] == 2).all() and (masks[0, 8:24, :16] == 0).all()
-    assert images[0, 0, 0] == images[0, 8:24].min()  # padded with the slice's minimum
+    assert images[0, 0, 0, 0] == images[0, 0, 8:24].min()  # padded with the slice's minimum
 
 
 # --- ACDC layout ---------------------------------------------------------------------
@@ -162,12 +163,12 @@ def test_acdc_under_training_folder(tmp_path):
 
 
 def make_folder(root, files=4, size=(40, 30), top_label=2):
-    """images/caseN.png (some RGB) with masks/caseN.png holding labels 0..top_label."""
+    """images/caseN.png (grey) with masks/caseN.png holding labels 0..top_label."""
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     rng = np.random.default_rng(1)
     for n in range(files):
-        pixels = rng.integers(0, 255, (size[1], size[0], 3) if n % 2 else (size[1], size[0]), dtype=np.uint8)
+        pixels = rng.integers(0, 255, (size[1], size[0]), dtype=np.uint8)
         Image.fromarray(pixels).save(root / "images" / f"case{n}.png")
         labels = np.zeros((size[1], size[0]), dtype=np.uint8)
         labels[5:15, 5:15] = n % (top_label + 1)

@@ -52,7 +52,7 @@ def test_a_volume_gives_a_label_volume_on_its_grid_sliced_along_the_third_axis(m
     session = load_session(model_dir)
     volume, predicted = given.get_fdata(dtype=np.float32), np.asarray(labels.dataobj)
     for z in range(volume.shape[2]):  # each through-plane slice is predicted as a 2D image at its own size
-        assert np.array_equal(predicted[:, :, z], segment(session, volume[:, :, z]))
+        assert np.array_equal(predicted[:, :, z], segment(session, volume[None, :, :, z]))
 
 
 def test_a_cine_volume_is_predicted_frame_by_frame(model_dir, tmp_path):
@@ -64,7 +64,7 @@ def test_a_cine_volume_is_predicted_frame_by_frame(model_dir, tmp_path):
     assert labels.shape == (24, 28, 3, 2)
     session = load_session(model_dir)
     for t in range(2):
-        assert np.array_equal(labels[:, :, 1, t], segment(session, frames[:, :, 1, t]))
+        assert np.array_equal(labels[:, :, 1, t], segment(session, frames[None, :, :, 1, t]))
 
 
 def test_a_folder_mixes_volumes_and_images(model_dir, tmp_path):

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     preview = add_command(
         actions,
         "preview",
-        "Write a PNG of test slices, each in greyscale beside its mask overlay.",
+        "Write a PNG of test slices (RGB in colour, else the first channel in grey) beside their mask overlays.",
         [
             "autosculpt data preview --out preview.png",
             "autosculpt data preview --data ./ACDC/training --count 8 --split train",

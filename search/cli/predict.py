@@ -17,7 +17,8 @@ EXAMPLES = [
 def register(subparsers) -> None:
     parser = add_command(subparsers, "predict", "Segment NIfTI volumes (label volumes on the same grid and header) "
                          "or PNG/TIFF/JPEG slices (mask and overlay PNGs) with an exported model.", EXAMPLES, run)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI volumes (.nii, .nii.gz; 3D or 4D cine), 2D images, "
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI volumes (.nii, .nii.gz; 3D or 4D cine; "
+                        "a several-channel model's as CASE_0000.nii.gz, CASE_0001.nii.gz, ...), 2D images, "
                         "or folders of them")
     parser.add_argument("--model", required=True, metavar="DIR", help="folder written by autosculpt export")
     parser.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default predictions/)")

@@ -18,12 +18,15 @@ from PIL import Image
 
 from ...errors import UserError
 from ._cardiac import CLASS_NAMES as CARDIAC_CLASS_NAMES
+from ._channels import VOLUME_SUFFIXES, channel_of, check_same_channels, group_channels, is_volume, load_nifti
 from ._types import Slices
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
-LAYOUTS = "patientNNN/ folders of NIfTI volumes (ACDC) or images/ and masks/ folders of 2D files"
+LAYOUTS = "patientNNN/ folders of NIfTI volumes (ACDC) or images/ and masks/ folders of 2D files or NIfTI volumes"
 MAX_DEFAULT_SIZE = 256  # the largest input size chosen for the user: latency and training grow with its square
+_GREY_MODES = ("1", "L", "LA", "La")  # Pillow's 8-bit grey modes (alpha dropped)
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # grey with more than 8 bits, kept as they are
 _ACDC_FILE = re.compile(r"^(patient\d+_frame\d+)(_gt)?\.nii(\.gz)?$")
 
 
@@ -62,7 +65,8 @@ def suggested_image_size(root: Path) -> tuple[int, int]:
     if patients:
         sides = [max(nibabel.load(image).shape[:2]) for folder in patients for image, _ in _acdc_pairs(folder)]
     elif (root / "images").is_dir():
-        sides = [max(_open_lazily(file).size) for file in _files_by_name(root / "images", IMAGE_SUFFIXES).values()]
+        files = _files_by_name(root / "images", IMAGE_SUFFIXES + VOLUME_SUFFIXES).values()
+        sides = [max(nibabel.load(file).shape[:2] if is_volume(file) else _open_lazily(file).size) for file in files]
     else:
         raise UserError(f"{root}: matches neither layout: expected {LAYOUTS}")
     median = int(np.median(sides))
@@ -111,20 +115,21 @@ def group_of(name: str, file: Path, group_by: re.Pattern | None) -> str:
 
 
 def fit(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fit (n, h, w) slices into size x size: scale so the longer side is ``size`` (images
-    bilinear with anti-aliasing, masks nearest), then pad the shorter side evenly (images
-    with each slice's minimum, masks with background).  Returns float32 and int64 arrays."""
-    height, width = images.shape[1:]
+    """Fit (n, c, h, w) images and their (n, h, w) masks into size x size: scale so the
+    longer side is ``size`` (images bilinear with anti-aliasing, masks nearest), then pad
+    the shorter side evenly (each channel of an image with its minimum, masks with
+    background).  Returns float32 (n, c, size, size) and int64 (n, size, size) arrays."""
+    height, width = images.shape[2:]
     scaled = scaled_size(height, width, size)
-    image_tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    image_tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     mask_tensor = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[:, None]
     if scaled != (height, width):
         image_tensor = F.interpolate(image_tensor, size=scaled, mode="bilinear", align_corners=False, antialias=True)
         mask_tensor = F.interpolate(mask_tensor, size=scaled, mode="nearest-exact")
     top, left = (size - scaled[0]) // 2, (size - scaled[1]) // 2
-    out_images = np.empty((len(images), size, size), dtype=np.float32)
-    out_images[:] = image_tensor.amin(dim=(1, 2, 3)).numpy()[:, None, None]
-    out_images[:, top : top + scaled[0], left : left + scaled[1]] = image_tensor[:, 0].numpy()
+    out_images = np.empty((*images.shape[:2], size, size), dtype=np.float32)
+    out_images[:] = image_tensor.amin(dim=(2, 3)).numpy()[:, :, None, None]
+    out_images[:, :, top : top + scaled[0], left : left + scaled[1]] = image_tensor.numpy()
     out_masks = np.zeros((len(images), size, size), dtype=np.int64)
     out_masks[:, top : top + scaled[0], left : left + scaled[1]] = mask_tensor[:, 0].numpy()
     return out_images, out_masks
@@ -161,19 +166,14 @@ def _read_acdc(patients: list[Path], image_size: int) -> Slices:
     images, masks, groups, volumes, spacing = [], [], [], [], []
     for folder in patients:
         for image_file, mask_file in _acdc_pairs(folder):
-            (volume, zooms), (labels, _) = _nifti(image_file), _nifti(mask_file)
-            if volume.shape != labels.shape:
-                raise UserError(
-                    f"{mask_file}: shape {labels.shape} differs from {image_file.name} {volume.shape}: "
-                    "export the mask on the image's grid"
-                )
+            volume, labels, zooms = _volume_pair([image_file], mask_file)
             check_labels(mask_file, labels, len(CARDIAC_CLASS_NAMES), "fix the mask (ACDC labels are 0-3)")
-            fitted_images, fitted_masks = fit(volume.transpose(2, 0, 1), labels.transpose(2, 0, 1), image_size)
+            fitted_images, fitted_masks = fit(volume, labels, image_size)
             images.append(fitted_images)
             masks.append(fitted_masks)
             groups += [folder.name] * len(fitted_images)
             volumes += [image_file.name.split(".")[0]] * len(fitted_images)
-            spacing += [fitted_spacing(*volume.shape[:2], image_size, zooms[:2], zooms[2])] * len(fitted_images)
+            spacing += [fitted_spacing(*volume.shape[2:], image_size, zooms[:2], zooms[2])] * len(fitted_images)
     return Slices(np.concatenate(images), np.concatenate(masks), tuple(groups), CARDIAC_CLASS_NAMES, tuple(volumes),
                   np.asarray(spacing), "mm")
 
@@ -198,61 +198,100 @@ def _acdc_pairs(folder: Path) -> list[tuple[Path, Path]]:
 
 def _nifti(file: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     """A NIfTI volume as float32 (X, Y, Z) and its voxel size in mm; a 2D image becomes one slice."""
-    try:
-        image = nibabel.load(file)
-        volume = np.asarray(image.get_fdata(dtype=np.float32))
-        zooms = tuple(float(z) for z in (*image.header.get_zooms()[:3], 1.0, 1.0)[:3])
-    except Exception as error:  # nibabel, gzip and zlib raise many types for a bad file
-        raise UserError(f"{file}: unreadable NIfTI ({error}): re-export or remove the file") from None
+    volume, image = load_nifti(file)
+    zooms = tuple(float(z) for z in (*image.header.get_zooms()[:3], 1.0, 1.0)[:3])
     while volume.ndim > 3 and volume.shape[-1] == 1:
         volume = volume[..., 0]
     if volume.ndim == 2:
         volume = volume[:, :, None]
     if volume.ndim != 3:
-        raise UserError(f"{file}: {volume.ndim}D volume: give one 3D volume per frame (no time axis)")
+        raise UserError(f"{file}: {volume.ndim}D volume: give one 3D volume per frame (no time axis), and "
+                        "channels as CASE_0000.nii.gz, CASE_0001.nii.gz, ...")
     return volume, zooms
+
+
+def _volume_pair(files: list[Path], mask_file: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """The channel files of one volume as float32 (Z, C, X, Y) slices, its mask as (Z, X, Y),
+    and the voxel size of the first file; every file must be on the mask's grid."""
+    labels, _ = _nifti(mask_file)
+    channels, zooms = zip(*(_nifti(file) for file in files))
+    for file, volume in zip(files, channels):
+        if volume.shape != labels.shape:
+            raise UserError(
+                f"{mask_file}: shape {labels.shape} differs from {file.name} {volume.shape}: "
+                "export the mask and every channel on one grid"
+            )
+    return np.stack(channels).transpose(3, 0, 1, 2), labels.transpose(2, 0, 1), zooms[0]
 
 
 def _read_pairs(root: Path, image_size: int, group_by: re.Pattern | None) -> Slices:
     """images/NAME.* with masks/NAME.png|tif, NAME a path that may hold folders
-    (images/PATIENT/SLICE.png); each slice's group (patient) is :func:`group_of`."""
+    (images/PATIENT/SLICE.png); or NIfTI volumes images/NAME.nii.gz (or channel files, see
+    :func:`_cases`) with masks/NAME.nii.gz, sliced along their third axis.  Each slice's
+    group (patient) is :func:`group_of` of NAME; every image has the first one's channels."""
     for folder in ("images", "masks"):
         if not (root / folder).is_dir():
             raise UserError(f"{root}: has no {folder}/ folder: add {folder}/ with one file per slice, same names")
-    images = _files_by_name(root / "images", IMAGE_SUFFIXES)
-    masks = _files_by_name(root / "masks", MASK_SUFFIXES)
-    if unmatched := sorted(images.keys() - masks.keys()):
-        name = unmatched[0]
-        raise UserError(f"{images[name]}: image without mask: add masks/{name}.png or remove the image")
-    if unmatched := sorted(masks.keys() - images.keys()):
-        name = unmatched[0]
-        raise UserError(f"{masks[name]}: mask without image: add images/{name}.png or remove the mask")
-    groups = tuple(group_of(name, images[name], group_by) for name in sorted(images))
+    cases = _cases(_files_by_name(root / "images", IMAGE_SUFFIXES + VOLUME_SUFFIXES),
+                   masks := _files_by_name(root / "masks", MASK_SUFFIXES + VOLUME_SUFFIXES))
+    names = sorted(cases)
+    case_groups = [group_of(name, cases[name][0], group_by) for name in names]
+    first = cases[names[0]][0]
+    nifti = is_volume(first)
+    channels = {name: len(files) if nifti else image_channels(files[0]) for name, files in cases.items()}
+    for name in names:  # from the headers, before any pixel is read
+        check_same_channels(cases[name][0], channels[name], first, channels[names[0]])
     class_names = _class_names(root)
     fix = "fix the mask or add the class's name to classes.txt"
-    pairs, spacing = [], []
-    for name in sorted(images):
-        image, mask = read_image(images[name]), _mask(masks[name])
-        if image.shape != mask.shape:
-            raise UserError(
-                f"{masks[name]}: size {mask.shape[1]}x{mask.shape[0]} differs from its image "
-                f"{images[name].name} {image.shape[1]}x{image.shape[0]}: resize the mask (nearest) to the image"
-            )
+    pairs, groups, volume_names, spacing = [], [], [], []
+    for name, group in zip(names, case_groups):
+        if nifti:
+            image, mask, zooms = _volume_pair(cases[name], masks[name])
+        else:
+            image, mask, zooms = read_image(cases[name][0])[None], _mask(masks[name])[None], (1.0, 1.0, 1.0)
+            if image.shape[2:] != mask.shape[1:]:
+                raise UserError(
+                    f"{masks[name]}: size {mask.shape[2]}x{mask.shape[1]} differs from its image "
+                    f"{cases[name][0].name} {image.shape[3]}x{image.shape[2]}: resize the mask (nearest) to the image"
+                )
         check_labels(masks[name], mask, len(class_names) if class_names else None, fix)
-        pairs.append(fit(image[None], mask[None], image_size))
-        spacing.append(fitted_spacing(*image.shape, image_size, (1.0, 1.0), 1.0))
+        pairs.append(fit(image, mask, image_size))
+        groups += [group] * len(image)
+        volume_names += [name if nifti else group] * len(image)
+        spacing += [fitted_spacing(*image.shape[2:], image_size, zooms[:2], zooms[2])] * len(image)
     if class_names is None:
         top = max(int(fitted_mask.max()) for _, fitted_mask in pairs)
         class_names = ("background", *(f"class{i}" for i in range(1, max(2, top + 1))))
-    return Slices(
-        np.concatenate([image for image, _ in pairs]),
-        np.concatenate([mask for _, mask in pairs]),
-        groups,
-        class_names,
-        groups,
-        np.asarray(spacing),
-        "px",
-    )
+    return Slices(np.concatenate([image for image, _ in pairs]), np.concatenate([mask for _, mask in pairs]),
+                  tuple(groups), class_names, tuple(volume_names), np.asarray(spacing), "mm" if nifti else "px")
+
+
+def _cases(images: dict[str, Path], masks: dict[str, Path]) -> dict[str, list[Path]]:
+    """The image files of each mask, by name: images/NAME with masks/NAME, or nnU-Net's channel
+    files images/NAME_0000.nii.gz, NAME_0001.nii.gz, ... with masks/NAME.nii.gz (a name with a
+    mask of its own is never a channel file).  Unmatched files, and 2D files mixed with
+    volumes, are a :class:`UserError`."""
+    volumes = [file for file in images.values() if is_volume(file)]
+    if volumes and len(volumes) < len(images):
+        flat = next(file for file in images.values() if not is_volume(file))
+        raise UserError(f"{volumes[0]}: NIfTI volume beside 2D images such as {flat.name}: keep one kind in images/")
+    cases = {name: [file] for name, file in images.items() if name in masks}
+    channel_files = {name: file for name, file in images.items()
+                     if name not in masks and is_volume(file) and (channel := channel_of(name)) and channel[0] in masks}
+    for case, files in group_channels(channel_files).items():
+        if case in cases:
+            raise UserError(f"{files[0]}: channel file beside {cases[case][0].name}: keep either the one file or "
+                            f"{case}_0000, {case}_0001, ...")
+        cases[case] = files
+    if unmatched := sorted(images.keys() - cases.keys() - channel_files.keys()):
+        file = images[unmatched[0]]
+        mask = f"{unmatched[0]}.nii.gz" if is_volume(file) else f"{unmatched[0]}.png"
+        raise UserError(f"{file}: image without mask: add masks/{mask} or remove the image")
+    if unmatched := sorted(masks.keys() - cases.keys()):
+        name = unmatched[0]
+        image = f"{name}.nii.gz (or {name}_0000.nii.gz, ... one per channel)" if is_volume(masks[name]) else f"{name}.png"
+        raise UserError(f"{masks[name]}: mask without image: add images/{image} or remove the mask")
+    return cases
 
 
 def _files_by_name(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
@@ -262,19 +301,19 @@ def _files_by_name(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for file in sorted(folder.rglob("*")):
         relative = file.relative_to(folder)
-        suffix = file.suffix.lower()
+        suffix = next((s for s in suffixes if file.name.lower().endswith(s)), None)
         if any(part.startswith(".") for part in relative.parts) or not file.is_file():
             continue
-        if folder.name == "masks" and suffix in (".jpg", ".jpeg"):
+        if folder.name == "masks" and file.suffix.lower() in (".jpg", ".jpeg"):
             raise UserError(f"{file}: JPEG mask: JPEG blurs labels, save the mask as PNG")
-        if suffix not in suffixes:
+        if suffix is None:
             continue
-        name = relative.with_suffix("").as_posix()
+        name = relative.as_posix()[: -len(suffix)]
         if name in files:
             raise UserError(f"{file}: same name as {files[name].name}: keep one file per slice name")
         files[name] = file
     if not files:
-        kinds = "PNG, TIFF or JPEG images" if folder.name == "images" else "PNG or TIFF masks"
+        kinds = "PNG, TIFF, JPEG or NIfTI images" if folder.name == "images" else "PNG, TIFF or NIfTI masks"
         raise UserError(f"{folder}: no {kinds}: add one file per slice")
     return files
 
@@ -291,12 +330,21 @@ def _open(file: Path) -> Image.Image:
     return image
 
 
-def read_image(file: Path) -> np.ndarray:
-    """A greyscale float32 (H, W) image; colour is converted to luminance, 16-bit kept."""
+def image_channels(file: Path) -> int:
+    """The channels :func:`read_image` gives ``file``, from its header alone: 3 or 1."""
+    return 1 if _open_lazily(file).mode in (*_GREY_MODES, *_WIDE_MODES) else 3
+
+
+def read_image(file: Path, grey: bool = False) -> np.ndarray:
+    """A float32 (C, H, W) image: 3 channels (RGB) for a colour file, alpha dropped, else 1
+    (grey, 16-bit and float values kept); ``grey`` reads a colour file as its luminance."""
     image = _open(file)
-    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
+    if image.mode not in (*_GREY_MODES, *_WIDE_MODES):
+        image = image.convert("L" if grey else "RGB")
+    elif image.mode in _GREY_MODES:
         image = image.convert("L")
-    return np.asarray(image, dtype=np.float32)
+    pixels = np.asarray(image, dtype=np.float32)
+    return pixels.transpose(2, 0, 1) if pixels.ndim == 3 else pixels[None]
 
 
 def _mask(file: Path) -> np.ndarray:

@@ -39,7 +39,7 @@ def load_data(
     ``_`` (images/PATIENT_NAME.png), or by ``group_by``, a regex whose first group is the
     patient (see ``_files.group_of``); ``group_by`` with ACDC or generated data is
     refused.  Every slice is fitted to ``image_size`` square (a multiple of 16) and
-    normalised per image.  The same arguments always give the same tensors, and the
+    normalised per image and channel.  The same arguments always give the same tensors, and the
     fingerprint covers the groups.  Bad settings or data raise :class:`UserError`.
     """
     _check_settings(image_size, seed, patients)
@@ -83,7 +83,8 @@ def _generated(image_size: int, seed: int, patients: int) -> Slices:
 
 def _generated_slices(images: np.ndarray, masks: np.ndarray, groups: tuple[str, ...]) -> Slices:
     """Generated slices: one volume per patient, at the spacing the generator assumes."""
-    return Slices(images, masks, groups, _cardiac.CLASS_NAMES, groups, _cardiac.spacing(images.shape[-1], len(images)), "mm")
+    spacing = _cardiac.spacing(images.shape[-1], len(images))
+    return Slices(images[:, None], masks, groups, _cardiac.CLASS_NAMES, groups, spacing, "mm")
 
 
 def split_groups(groups: tuple[str, ...], seed: int) -> dict[str, set[str]]:
@@ -103,10 +104,11 @@ def split_groups(groups: tuple[str, ...], seed: int) -> dict[str, set[str]]:
 
 
 def normalise(images: np.ndarray) -> np.ndarray:
-    """Each (H, W) image shifted and scaled to zero mean and unit std (a flat image becomes 0)."""
+    """Each (H, W) plane of ``images`` (..., H, W), i.e. each channel of each image, shifted
+    and scaled on its own to zero mean and unit std (a flat plane becomes 0)."""
     images = images.astype(np.float32, copy=False)
-    mean = images.mean(axis=(1, 2), keepdims=True)
-    std = images.std(axis=(1, 2), keepdims=True)
+    mean = images.mean(axis=(-2, -1), keepdims=True)
+    std = images.std(axis=(-2, -1), keepdims=True)
     return (images - mean) / np.maximum(std, 1e-6)
 
 
@@ -117,7 +119,7 @@ def _assemble(slices: Slices, seed: int, source: str) -> SegmentationData:
     for name, members in split_groups(slices.groups, seed).items():
         chosen = np.isin(groups, list(members))
         splits[name] = Split(
-            images=torch.from_numpy(np.ascontiguousarray(images[chosen][:, None])),
+            images=torch.from_numpy(np.ascontiguousarray(images[chosen])),
             masks=torch.from_numpy(slices.masks[chosen].astype(np.int64)),
             groups=tuple(groups[chosen].tolist()),
             volumes=tuple(np.array(slices.volumes)[chosen].tolist()),

@@ -1,4 +1,4 @@
-"""``save_preview``: a PNG of a few slices, each in greyscale beside its mask overlay."""
+"""``save_preview``: a PNG of a few slices, each beside its mask overlay."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ PALETTE = [(40, 120, 255), (60, 210, 90), (240, 60, 50), (250, 200, 40), (200, 8
 
 def save_preview(data: SegmentationData, out: Path, count: int = 4, split: str = "test") -> Path:
     """Write ``count`` slices of ``split``, spread evenly through it, as a PNG grid at
-    ``out``: each greyscale image beside the same image with its mask overlaid in colour,
-    and a legend of the classes below.  Returns ``out``."""
+    ``out``: each image (see :func:`image_tile`) beside the same image with its mask
+    overlaid in colour, and a legend of the classes below.  Returns ``out``."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     if count < 1:
@@ -32,10 +32,10 @@ def save_preview(data: SegmentationData, out: Path, count: int = 4, split: str =
     legend = _legend(data.class_names, columns * TILE)
     canvas = Image.new("RGB", (columns * TILE, rows * TILE + legend.height))
     for n, index in enumerate(picks):
-        grey = grey_tile(part.images[index, 0].numpy())
-        overlay = overlay_tile(grey, part.masks[index].numpy())
+        tile = image_tile(part.images[index].numpy())
+        overlay = overlay_tile(tile, part.masks[index].numpy())
         x, y = (n % PAIRS_PER_ROW) * 2 * TILE, (n // PAIRS_PER_ROW) * TILE
-        canvas.paste(grey.convert("RGB"), (x, y))
+        canvas.paste(tile.convert("RGB"), (x, y))
         canvas.paste(overlay, (x + TILE, y))
     canvas.paste(legend, (0, rows * TILE))
     out = Path(out)
@@ -44,17 +44,19 @@ def save_preview(data: SegmentationData, out: Path, count: int = 4, split: str =
     return out
 
 
-def grey_tile(image: np.ndarray) -> Image.Image:
-    """The image scaled to TILE pixels, its 1st-99th percentiles stretched to black-white."""
-    low, high = np.percentile(image, [1, 99])
-    scaled = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+def image_tile(image: np.ndarray) -> Image.Image:
+    """A (C, H, W) image scaled to TILE pixels: in colour when it has 3 channels (RGB), else
+    its first channel in grey; the 1st-99th percentiles of what is shown stretched to black-white."""
+    shown = image.transpose(1, 2, 0) if len(image) == 3 else image[0]
+    low, high = np.percentile(shown, [1, 99])
+    scaled = np.clip((shown - low) / max(high - low, 1e-6), 0, 1)
     return Image.fromarray((scaled * 255).astype(np.uint8)).resize((TILE, TILE), Image.Resampling.BICUBIC)
 
 
-def overlay_tile(grey: Image.Image, mask: np.ndarray) -> Image.Image:
-    """The grey tile with each foreground label blended in its palette colour."""
+def overlay_tile(tile: Image.Image, mask: np.ndarray) -> Image.Image:
+    """The image tile with each foreground label blended in its palette colour."""
     labels = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((TILE, TILE), Image.Resampling.NEAREST))
-    rgb = np.asarray(grey.convert("RGB"), dtype=np.float32)
+    rgb = np.asarray(tile.convert("RGB"), dtype=np.float32)
     colours = np.array([(0, 0, 0), *PALETTE], dtype=np.float32)[np.minimum(labels, len(PALETTE))]
     alpha = np.where(labels > 0, OPACITY, 0.0)[..., None]
     return Image.fromarray((rgb * (1 - alpha) + colours * alpha).astype(np.uint8))

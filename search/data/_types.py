@@ -14,7 +14,7 @@ SPLITS = ("train", "val", "test")
 class Slices(NamedTuple):
     """What a reader hands to the loader: every slice at the final size, before splitting.
 
-    ``images`` float32 (N, H, W) in raw intensities, ``masks`` integer (N, H, W) in
+    ``images`` float32 (N, C, H, W) in raw intensities, ``masks`` integer (N, H, W) in
     ``[0, len(class_names))``, ``groups`` the patient (group) of each slice, ``volumes``
     the volume (a patient's frame) each slice belongs to, its slices in order, and
     ``spacing`` float (N, 3): each slice's pixel size along rows and columns on the
@@ -34,8 +34,8 @@ class Slices(NamedTuple):
 # eq=False: tensors do not compare with ``==``; compare fields with torch.equal instead.
 @dataclass(frozen=True, eq=False)
 class Split:
-    """One split: ``images`` float32 (N, C, H, W), each normalised to zero mean and unit
-    std over the image; ``masks`` int64 (N, H, W) holding labels in ``[0, num_classes)``;
+    """One split: ``images`` float32 (N, C, H, W), each channel of each image normalised to
+    zero mean and unit std; ``masks`` int64 (N, H, W) holding labels in ``[0, num_classes)``;
     ``groups`` the patient (group) of each slice, so no patient is in two splits;
     ``volumes`` and ``spacing`` as in :class:`Slices` (per-patient figures read them)."""
 
