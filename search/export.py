@@ -5,8 +5,11 @@ The network is rebuilt from the cached baseline, the trial's recipe and its fine
 is unpickled. Export checks ONNX Runtime against PyTorch, re-measures latency on the
 target with the trials' harness (the study's reference, several pooled measurements,
 nothing else of this process running meanwhile) and judges the model (:mod:`.verdict`).
-With ``precision="int8"`` it also writes ``model.int8.onnx`` (:mod:`.quantize`), scored
-and measured the same way; ``model.onnx`` stays the fp32 model and the verdict judges it.
+With ``precision="int8"`` (and always for a trial the search ran in INT8) it also writes
+``model.int8.onnx`` (:mod:`.quantize`), scored and measured the same way. ``model.onnx``
+stays the fp32 model; the card's ``deploy`` names the file to deploy (INT8 when the search
+chose it, or when it measured faster than fp32), ``precision`` its precision, and the
+verdict judges that file.
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ from optuna.trial import FrozenTrial, TrialState
 from ..errors import UserError
 from ..space import Recipe, figures, rebuild
 from .data import SegmentationData
-from .latency import measure_onnx, pooled
+from .latency import LatencyStats, measure_onnx, pooled
 from .metrics import per_volume, summary
 from .onnx_io import ort_labels, to_onnx
 from .polish import polish_record, polished_weights
-from .quantize import INT8_FILE, PRECISIONS, calibration_slices, has_vnni, quantize_int8
+from .quantize import INT8_FILE, calibration_slices, has_vnni, quantize_int8, reduce_range_for
 from .samples import QualitativeSample
-from .settings import Settings
+from .settings import PRECISIONS, Settings
 from .storage import artifact_store
 from .study import Context, environment, prepare, study_baseline, study_reference
 from .train import dice_counts, predict, scores_from_counts, split_scores
@@ -58,8 +61,11 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
 
     The model is judged against ``budget_ms`` (default: the study's). ``context`` (the
     study's, from :func:`prepare`) saves loading it again. ``precision`` "int8" also
-    writes ``model.int8.onnx`` and the card's ``int8`` section (:func:`_int8_section`).
+    writes ``model.int8.onnx`` and the card's ``int8`` section (:func:`_int8_section`); a
+    trial searched in INT8 (user attribute ``precision``) is always exported so.
     """
+    searched = trial.user_attrs.get("precision", "fp32")
+    precision = "int8" if searched == "int8" else precision
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if trial.state != TrialState.COMPLETE or "weights_artifact" not in trial.user_attrs:
@@ -79,8 +85,11 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
     test = split_scores(test_pred, context.data.test, context.data.class_names)
     figs = figures(net, context.example, context.groups)
     budget = budget_ms or settings.budget_ms
-    verdict = Verdict(budget, stats.median_ms, stats.p90_ms, test.mean, context.baseline.test.mean, settings.max_dice_loss,
-                      trade_off(study, budget, context.baseline.val.mean, settings.max_dice_loss))
+    int8 = _int8_section(onnx_bytes, test_pred, test.mean, stats, study, context, folder) if precision == "int8" else None
+    deploy_int8 = int8 is not None and (searched == "int8" or int8["faster"])
+    judged_stats, judged_dice = (LatencyStats.from_dict(int8["latency"]), int8["dice"]) if deploy_int8 else (stats, test.mean)
+    verdict = Verdict(budget, judged_stats.median_ms, judged_stats.p90_ms, judged_dice, context.baseline.test.mean,
+                      settings.max_dice_loss, trade_off(study, budget, context.baseline.val.mean, settings.max_dice_loss))
     card = {
         "study": study.study_name, "trial": trial.number, "input_shape": list(context.example.shape),
         "class_names": list(context.data.class_names), "dice": test.mean, "dice_per_class": test.per_class,
@@ -93,15 +102,17 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
                      "dice": context.baseline.test.mean, "dice_per_class": context.baseline.test.per_class},
         "recipe": trial.user_attrs["recipe"], "onnx_max_abs_diff": max_diff, "file_size": len(onnx_bytes),
         "sha256": hashlib.sha256(onnx_bytes).hexdigest(), "model": settings.model, "data": context.data.source,
-        "budget_ms": budget, "speedup": settings.speedup, "environment": environment(), "precision": "fp32",
+        "budget_ms": budget, "speedup": settings.speedup, "environment": environment(),
+        "precision": "int8" if deploy_int8 else "fp32", "deploy": INT8_FILE if deploy_int8 else "model.onnx",
+        "searched_precision": searched,
     }
-    if precision == "int8":
-        card["int8"] = _int8_section(onnx_bytes, test_pred, test.mean, stats, study, context, folder)
+    if int8 is not None:
+        card["int8"] = {**int8, "deploy": card["deploy"]}
     base_pred = predict(context.baseline.model, context.data.test.images)
     card["per_volume"] = _per_volume(context, test_pred, base_pred)
     (folder / "model.json").write_text(json.dumps(card, indent=2))
     study.set_user_attr("export", {"trial": trial.number, "dir": str(folder), "file_size": len(onnx_bytes),
-                                   "dice": test.mean, "dice_per_class": test.per_class, "latency": stats.to_dict(),
+                                   "precision": card["precision"], "dice": test.mean, "dice_per_class": test.per_class, "latency": stats.to_dict(),
                                    "verdict": verdict.to_dict(), "per_volume": card["per_volume"]})
     return Exported(card, _samples(context, test_pred, base_pred, card["per_volume"]["volumes"]), verdict)
 
@@ -128,12 +139,11 @@ def _int8_section(fp32_bytes: bytes, fp32_pred: torch.Tensor, fp32_dice: float, 
     model's test Dice and latency (same harness and reference as fp32's), beside fp32's.
 
     Weights use 7 bits (reduce_range) unless this CPU is known to have VNNI; a remote
-    target's flags are unknown, so it gets them too. ``deploy`` names the file to
-    deploy: the INT8 one only when it measured faster than fp32; ``summary`` says so in
-    one line.
+    target's flags are unknown, so it gets them too. ``faster`` says whether INT8 measured
+    faster than fp32; ``summary`` says so in one line.
     """
     vnni = None if context.target.url else has_vnni()
-    model = quantize_int8(fp32_bytes, calibration_slices(context.data.train.images), reduce_range=vnni is not True)
+    model = quantize_int8(fp32_bytes, calibration_slices(context.data.train.images), reduce_range_for(context.target))
     (folder / INT8_FILE).write_bytes(model.onnx)
     pred = ort_labels(model.onnx, context.data.test.images)
     test = split_scores(pred, context.data.test, context.data.class_names)
@@ -142,13 +152,13 @@ def _int8_section(fp32_bytes: bytes, fp32_pred: torch.Tensor, fp32_dice: float, 
     ratio = fp32_stats.median_ms / stats.median_ms
     compared = (f"INT8 {stats.median_ms:.2f} ms against fp32 {fp32_stats.median_ms:.2f} ms, "
                     f"test Dice {test.mean:.3f} against {fp32_dice:.3f}")
-    line = (f"INT8 is {ratio:.2f}x faster than fp32: {compared}; deploy {INT8_FILE}" if faster else
-            f"INT8 is SLOWER than fp32 on this CPU ({compared}): keep model.onnx (fp32)")
+    line = (f"INT8 is {ratio:.2f}x faster than fp32: {compared}" if faster else
+            f"INT8 is SLOWER than fp32 on this CPU ({compared})")
     return {
         "precision": "int8", "file": INT8_FILE, "dice": test.mean, "dice_per_class": test.per_class, "dice_split": "test",
         "dice_change": test.mean - fp32_dice, "agreement": float((pred == fp32_pred).double().mean()),
         "latency": stats.to_dict(), "fp32_latency_ms": fp32_stats.median_ms, "speedup_over_fp32": ratio,
-        "faster": faster, "deploy": INT8_FILE if faster else "model.onnx", "summary": line, "vnni": vnni,
+        "faster": faster, "summary": line, "vnni": vnni,
         **model.to_dict(), "file_size": len(model.onnx), "sha256": hashlib.sha256(model.onnx).hexdigest(),
     }
 

@@ -33,9 +33,10 @@ from .data import (IMAGE_SUFFIXES, VOLUME_SUFFIXES, channel_of, fit, group_chann
 
 
 def load_session(model_dir: Path) -> onnxruntime.InferenceSession:
-    """ONNX Runtime session of ``model_dir/model.onnx`` (as written by ``autosculpt export``),
-    at the thread count of its model card's latency figure (1 without a card)."""
-    path = model_dir / "model.onnx"
+    """ONNX Runtime session of the file the model card deploys (its ``deploy``: ``model.onnx``
+    or ``model.int8.onnx``, as written by ``autosculpt export``; ``model.onnx`` without a
+    card), at the thread count of the card's latency figure (1 without a card)."""
+    path = model_dir / deployed_file(model_dir)
     if not path.is_file():
         raise UserError(f"{path} not found: give the folder written by autosculpt export --out DIR")
     options = onnxruntime.SessionOptions()
@@ -47,13 +48,27 @@ def load_session(model_dir: Path) -> onnxruntime.InferenceSession:
         raise UserError(f"{path}: not a valid ONNX model ({str(error).splitlines()[0]}): export it again") from None
 
 
+def deployed_file(model_dir: Path) -> str:
+    """The file name the model card says to deploy; ``model.onnx`` when the card does not say."""
+    deploy = _card(model_dir).get("deploy")
+    return deploy if isinstance(deploy, str) and "/" not in deploy else "model.onnx"
+
+
 def measured_threads(model_dir: Path) -> int:
     """The thread count of the model card's latency figure; 1 when there is no card."""
     try:
-        card = json.loads((model_dir / "model.json").read_text())
-        return max(1, int(card["latency"]["threads"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        return max(1, int(_card(model_dir)["latency"]["threads"]))
+    except (KeyError, TypeError, ValueError):
         return 1
+
+
+def _card(model_dir: Path) -> dict:
+    """The model card ``model_dir/model.json``; empty when there is none or it is not JSON."""
+    try:
+        card = json.loads((model_dir / "model.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
 
 
 def segment(session: onnxruntime.InferenceSession, image: np.ndarray) -> np.ndarray:

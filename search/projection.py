@@ -111,32 +111,33 @@ class LatencyModel:
 
 
 class LatencyCache:
-    """Figures of measured channel plans, per target and input shape, in a study's user attributes.
+    """Figures of measured channel plans, per target, input shape and precision, in a study's user attributes.
 
     A key hashes the target (without its URL's credentials: none are stored), the input
-    shape, the reference's calibrated latency and the plan; each entry is its own
-    attribute, so concurrent workers never overwrite each other's entries.
+    shape, the reference's calibrated latency, the plan and, other than fp32, the deployed
+    precision; each entry is its own attribute, so concurrent workers never overwrite
+    each other's entries.
     """
 
     def __init__(self, study: optuna.Study, target: dict, input_shape: Sequence[int], reference_ms: float | None):
         self.study = study
         self.context = {"target": target, "shape": list(input_shape), "reference_ms": reference_ms}
 
-    def key(self, plan: dict[str, int]) -> str:
-        text = json.dumps({**self.context, "plan": plan}, sort_keys=True)
-        return CACHE_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:24]
+    def key(self, plan: dict[str, int], precision: str = "fp32") -> str:
+        entry = {**self.context, "plan": plan} if precision == "fp32" else {**self.context, "plan": plan, "precision": precision}
+        return CACHE_PREFIX + hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:24]
 
-    def get(self, plan: dict[str, int]) -> LatencyStats | None:
-        entry = self.study.user_attrs.get(self.key(plan))
+    def get(self, plan: dict[str, int], precision: str = "fp32") -> LatencyStats | None:
+        entry = self.study.user_attrs.get(self.key(plan, precision))
         return None if entry is None else LatencyStats.from_dict(entry["stats"])
 
-    def put(self, plan: dict[str, int], cost: float, stats: LatencyStats) -> None:
-        self.study.set_user_attr(self.key(plan), {"cost": cost, "stats": stats.to_dict()})
+    def put(self, plan: dict[str, int], cost: float, stats: LatencyStats, precision: str = "fp32") -> None:
+        self.study.set_user_attr(self.key(plan, precision), {"cost": cost, "stats": stats.to_dict(), "precision": precision})
 
-    def points(self) -> list[tuple[float, float]]:
-        """(cost, latency ms) of every plan measured in this study."""
+    def points(self, precision: str = "fp32") -> list[tuple[float, float]]:
+        """(cost, latency ms) of every plan measured in this study at ``precision``."""
         return [(entry["cost"], entry["stats"]["median_ms"]) for key, entry in self.study.user_attrs.items()
-                if key.startswith(CACHE_PREFIX)]
+                if key.startswith(CACHE_PREFIX) and entry.get("precision", "fp32") == precision]
 
 
 def project(plan_of: Callable[[float], dict[str, int]], cost_of: Callable[[dict[str, int]], float],

@@ -39,8 +39,11 @@ import torch
 from onnx import numpy_helper
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
                                       quantize_static)
+from torch import nn
 
-PRECISIONS = ("fp32", "int8")
+from .latency import Target
+from .onnx_io import onnx_input_shape, to_onnx
+
 INT8_FILE = "model.int8.onnx"
 CALIBRATION_SLICES = 64  # training slices, evenly spaced over the split
 MIN_INT8_CHANNELS = 8  # a Conv with fewer input or output channels stays fp32
@@ -83,6 +86,18 @@ def has_vnni(cpuinfo: str | None = None) -> bool | None:
     return any(flag in VNNI_FLAGS for flag in flags[0])
 
 
+def reduce_range_for(target: Target) -> bool:
+    """Whether to quantize weights to 7 bits for ``target``: yes unless it is this machine and
+    its CPU is known to have VNNI (a remote target's flags are unknown)."""
+    return bool(target.url) or has_vnni() is not True
+
+
+def int8_onnx(net: nn.Module, input_shape: tuple[int, ...], images: torch.Tensor, reduce_range: bool) -> bytes:
+    """The deployed INT8 ONNX model of ``net`` at ``input_shape`` (batch included): exported
+    as fp32 (:func:`~.onnx_io.to_onnx`), then :func:`quantize_int8` calibrated on ``images``."""
+    return quantize_int8(to_onnx(net, input_shape), images, reduce_range).onnx
+
+
 def calibration_slices(images: torch.Tensor, count: int = CALIBRATION_SLICES) -> torch.Tensor:
     """``count`` slices of ``images`` evenly spaced over it (all of them when it has fewer),
     so that calibration sees every patient of the split, not the first few."""
@@ -93,7 +108,7 @@ def calibration_slices(images: torch.Tensor, count: int = CALIBRATION_SLICES) ->
 def quantize_int8(onnx_bytes: bytes, images: torch.Tensor, reduce_range: bool, *,
                   conv_transpose: bool = False, min_channels: int = MIN_INT8_CHANNELS) -> Int8Model:
     """The INT8 QDQ model of the fp32 single-input ONNX model ``onnx_bytes``, its activation
-    ranges calibrated on ``images`` (N, C, H, W, fed one at a time at the model's batch of 1).
+    ranges calibrated on ``images`` (N, C, H, W, fed in batches of the model's fixed batch size).
 
     Conv nodes are quantized (weights per output channel), except those with fewer than
     ``min_channels`` input (per group) or output channels, and ConvTranspose nodes when
@@ -107,7 +122,7 @@ def quantize_int8(onnx_bytes: bytes, images: torch.Tensor, reduce_range: bool, *
         model = onnx.load(prepared)
         thin = _thin_convs(model, min_channels)
         quantize_static(
-            prepared, int8, _Slices(model.graph.input[0].name, images), quant_format=QuantFormat.QDQ,
+            prepared, int8, _Slices(model.graph.input[0].name, images, onnx_input_shape(onnx_bytes)[0]), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["Conv", "ConvTranspose"] if conv_transpose else ["Conv"], nodes_to_exclude=thin, per_channel=True, reduce_range=reduce_range,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
         )
@@ -136,10 +151,12 @@ def _thin_convs(model: onnx.ModelProto, min_channels: int) -> list[str]:
 
 
 class _Slices(CalibrationDataReader):
-    """Feeds ``images`` one slice at a time as the model's input ``name``."""
+    """Feeds ``images`` as the model's input ``name`` in batches of ``batch`` consecutive
+    slices (the last one filled up from the first slices)."""
 
-    def __init__(self, name: str, images: torch.Tensor):
-        self._feeds = iter([{name: image[None].numpy()} for image in images])
+    def __init__(self, name: str, images: torch.Tensor, batch: int):
+        starts = range(0, len(images), batch)
+        self._feeds = iter([{name: images[torch.arange(i, i + batch) % len(images)].numpy()} for i in starts])
 
     def get_next(self) -> dict | None:
         return next(self._feeds, None)

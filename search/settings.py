@@ -8,6 +8,8 @@ from ..space import SearchSpace, model_digest
 from ..errors import UserError
 from .latency import Target
 
+PRECISIONS = ("fp32", "int8")  # deployed precisions: fp32 ONNX, or INT8 QDQ ONNX (:mod:`.quantize`)
+
 SETTINGS_ATTR = "settings"
 
 
@@ -28,7 +30,9 @@ class Settings:
     ``model_sha256`` is the digest of the file defining a user's model class when the
     study was created: workers refuse to import a different one. ``device`` is where each
     worker trains (``auto``: its CUDA GPU if it has one); latency is always measured on
-    the target CPU.
+    the target CPU. ``precisions`` are the deployed precisions a trial may take ("fp32",
+    "int8"): with several, the precision is a search dimension and an INT8 candidate is
+    measured, projected and scored as INT8 (ONNX Runtime targets only).
     """
 
     budget_ms: float | None = None
@@ -54,6 +58,7 @@ class Settings:
     warm_start: int = 4
     preset: str = "default"
     device: str = "auto"
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
 
     def __post_init__(self) -> None:
         if self.budget_ms is None and self.speedup is None:
@@ -70,6 +75,15 @@ class Settings:
             raise UserError("--epochs must be at least 1 and --polish-epochs at least 0")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device {self.device!r}: choose auto, cpu or cuda")
+        self._check_precisions()
+
+    def _check_precisions(self) -> None:
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown or not self.precisions:
+            raise UserError(f"--precision {','.join(self.precisions)}: give one or more of {', '.join(PRECISIONS)}, "
+                            "comma-separated, e.g. --precision fp32,int8")
+        if "int8" in self.precisions and self.target.get("runtime", "ort") != "ort":
+            raise UserError("--precision int8 is measured in ONNX Runtime: drop --runtime torch or the int8 precision")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from functools import partial
 
 import optuna
 import torch
 
 from ..space import Figures, Recipe, apply_recipe, channel_plan, figures
-from .latency import LatencyStats, TargetUnavailable, clear_of, measure
+from .latency import LatencyStats, TargetUnavailable, batched, clear_of, measure, measure_onnx
+from .onnx_io import ort_labels
 from .projection import CostModel, LatencyCache, LatencyModel, chosen, project
+from .quantize import calibration_slices, int8_onnx, reduce_range_for
 from .quota import SurplusTrial, TrialQuota
 from .settings import Settings
 from .storage import artifact_store, is_storage_failure
 from .study import Context, study_reference
-from .train import Schedule, Scores, evaluate, train
+from .train import Schedule, Scores, evaluate, split_scores, train
 from .weights import upload_state_dict
 
 
@@ -36,8 +39,14 @@ class TrialRunner:
     (every measured width), ``measurements`` (latency measurements this trial made),
     ``feasible``, ``finetuned``, ``dice``, ``dice_per_class``, ``dice_by_epoch``,
     ``time_measure_s``, ``time_finetune_s`` or (not fine-tuned) ``time_eval_s``,
-    ``weights_artifact`` and, on failure, ``fail_reason``. The constraint ``latency`` is
-    latency minus budget (feasible <= 0).
+    ``weights_artifact``, ``precision`` and, on failure, ``fail_reason``. The constraint
+    ``latency`` is latency minus budget (feasible <= 0).
+
+    With several of the study's ``precisions`` the precision is sampled too (parameter
+    ``precision``). An INT8 trial is measured as the deployed INT8 model (quantized with
+    :mod:`.quantize`, its own latency model and cache entries), fine-tuned in fp32 and
+    scored after quantization: its value and ``dice`` are the INT8 model's validation
+    Dice, ``dice_fp32`` the network's before quantization, ``time_quantize_s`` the cost.
 
     A trial enqueued with the user attribute ``budget_fraction`` is projected onto that
     fraction of the budget instead (the report's trade-off); it reports no intermediate
@@ -55,6 +64,8 @@ class TrialRunner:
         self.cache = LatencyCache(study, context.settings.target, tuple(context.example.shape),
                                   None if self.reference is None else self.reference.median_ms)
         self.cost = CostModel(context.baseline.model, context.example, context.groups)
+        self.calibration = calibration_slices(context.data.train.images)
+        self.reduce_range = reduce_range_for(context.target)
 
     def __call__(self, trial: optuna.Trial) -> float:
         """The trial's validation Dice. A failure of this one candidate (it cannot be measured,
@@ -76,9 +87,10 @@ class TrialRunner:
         ctx = self.context
         fraction = trial.user_attrs.get("budget_fraction", 1.0)
         shape = normalised(ctx.space.sample(trial, ctx.groups))
+        precision = self._precision(trial)
         self.on_phase(trial, "projecting onto the budget")
         start = time.perf_counter()
-        net, stats, recipe, within = self._project(trial, shape, ctx.settings.budget_ms * fraction)
+        net, stats, recipe, within = self._project(trial, shape, ctx.settings.budget_ms * fraction, precision)
         trial.set_user_attr("time_measure_s", time.perf_counter() - start)
         trial.set_user_attr("recipe", recipe.to_dict())
         self._store_figures(trial, figures(net, ctx.example, ctx.groups))
@@ -87,13 +99,23 @@ class TrialRunner:
         trial.set_user_attr("feasible", over_budget <= 0)
         trial.set_user_attr("finetuned", within)
         scores = self._finetune(trial, net, report=fraction == 1.0) if within else self._evaluate(trial, net)
+        if precision == "int8":
+            trial.set_user_attr("dice_fp32", scores.mean)
+            scores = self._int8_scores(trial, net)
         trial.set_user_attr("dice", scores.mean)
         trial.set_user_attr("dice_per_class", scores.per_class)
         return scores.mean
 
-    def _project(self, trial: optuna.Trial, shape: Recipe, goal_ms: float):
+    def _precision(self, trial: optuna.Trial) -> str:
+        """The trial's deployed precision: sampled when the study allows several."""
+        precisions = self.context.settings.precisions
+        precision = trial.suggest_categorical("precision", precisions) if len(precisions) > 1 else precisions[0]
+        trial.set_user_attr("precision", precision)
+        return precision
+
+    def _project(self, trial: optuna.Trial, shape: Recipe, goal_ms: float, precision: str):
         """(network, its stats, its recipe, whether it is within ``goal_ms``): the widest
-        network of ``shape`` within the goal, else the narrowest one measured."""
+        network of ``shape`` within the goal at ``precision``, else the narrowest one measured."""
         ctx = self.context
         nets: dict[float, torch.nn.Module] = {}
         made = []
@@ -102,16 +124,18 @@ class TrialRunner:
             return channel_plan(ctx.groups, replace(shape, width=width))
 
         def measure_width(width: float, plan: dict[str, int]) -> LatencyStats:
-            stats = self.cache.get(plan)
+            stats = self.cache.get(plan, precision)
             if stats is None:
                 nets[width] = apply_recipe(ctx.baseline.model, replace(shape, width=width), ctx.example, ctx.calibration)
-                self.on_phase(trial, f"measuring width {width:.3f}")
-                stats = self._measure(trial, nets[width], goal_ms)
+                self.on_phase(trial, f"measuring width {width:.3f} ({precision})")
+                stats = self._measure(trial, nets[width], goal_ms, precision)
                 made.append(stats.measurements)
-                self.cache.put(plan, self.cost(plan), stats)
+                self.cache.put(plan, self.cost(plan), stats, precision)
             return stats
 
-        probes = project(plan_of, self.cost, measure_width, LatencyModel.fit(self.cache.points()), goal_ms)
+        # Until INT8 plans are measured, the fp32 model is the prior: each projection shifts it through its first probe.
+        model = LatencyModel.fit(self.cache.points(precision) or self.cache.points())
+        probes = project(plan_of, self.cost, measure_width, model, goal_ms)
         best = chosen(probes, goal_ms) or min(probes, key=lambda p: p.width)
         recipe = replace(shape, width=best.width)
         net = nets.get(best.width) or apply_recipe(ctx.baseline.model, recipe, ctx.example, ctx.calibration)
@@ -121,10 +145,16 @@ class TrialRunner:
         self._store_latency(trial, best.stats)
         return net, best.stats, recipe, best.stats.median_ms <= goal_ms
 
-    def _measure(self, trial: optuna.Trial, net: torch.nn.Module, goal_ms: float) -> LatencyStats:
-        shape = tuple(self.context.example.shape)
+    def _measure(self, trial: optuna.Trial, net: torch.nn.Module, goal_ms: float, precision: str) -> LatencyStats:
+        """``net``'s latency on the target as deployed at ``precision``, re-measured near the goal."""
+        shape, target = tuple(self.context.example.shape), self.context.target
+        if precision == "int8":
+            deployed = int8_onnx(net, batched(shape, target.batch), self.calibration, self.reduce_range)
+            once = partial(measure_onnx, deployed, shape, target, self.reference)
+        else:
+            once = partial(measure, net, shape, target, self.reference)
         try:
-            return clear_of(goal_ms, lambda: measure(net, shape, self.context.target, self.reference))
+            return clear_of(goal_ms, once)
         except TargetUnavailable as error:
             trial.set_user_attr("fail_reason", str(error))
             raise
@@ -148,6 +178,15 @@ class TrialRunner:
         start = time.perf_counter()
         scores = evaluate(net, self.context.data.val, self.context.data.class_names)
         trial.set_user_attr("time_eval_s", time.perf_counter() - start)
+        return scores
+
+    def _int8_scores(self, trial: optuna.Trial, net: torch.nn.Module) -> Scores:
+        """Validation scores of ``net`` quantized as deployed (calibrated on its fine-tuned activations)."""
+        start = time.perf_counter()
+        val = self.context.data.val
+        deployed = int8_onnx(net, tuple(self.context.example.shape), self.calibration, self.reduce_range)
+        scores = split_scores(ort_labels(deployed, val.images), val, self.context.data.class_names)
+        trial.set_user_attr("time_quantize_s", time.perf_counter() - start)
         return scores
 
     def _finetune(self, trial: optuna.Trial, net: torch.nn.Module, report: bool) -> Scores:

@@ -105,6 +105,17 @@ def test_cache_is_shared_through_the_storage(storage_url):
     assert LatencyCache(other_worker, {**target, "threads": 2}, (1, 1, 32, 32), 1.5).get(plan) is None  # per target
 
 
+def test_the_cache_keeps_precisions_apart(storage_url):
+    study = optuna.create_study(storage=storage_url, study_name="precisions")
+    cache = LatencyCache(study, Target().to_dict(), (1, 1, 32, 32), 1.5)
+    plan = {"a": 8, "b": 16}
+    cache.put(plan, 0.25, stats(1.2))
+    assert cache.get(plan, "int8") is None and cache.points("int8") == []
+    cache.put(plan, 0.25, stats(0.7), "int8")
+    assert cache.get(plan).median_ms == 1.2 and cache.get(plan, "int8").median_ms == 0.7
+    assert cache.points() == [(0.25, 1.2)] and cache.points("int8") == [(0.25, 0.7)]
+
+
 def test_pooled_figures_count_their_measurements():
     figure = pooled([stats(1.0, 0.04), stats(1.2, 0.04), stats(1.1, 0.04)])
     assert figure.median_ms == pytest.approx(1.1) and figure.measurements == 3 and figure.runs == 300

@@ -92,7 +92,7 @@ def test_int8_model_is_qdq_with_per_channel_conv_weights_and_fp32_conv_transpose
 def test_int8_model_card_and_predictions(exports):
     card = json.loads((exports["int8"] / "model.json").read_text())
     int8 = card["int8"]
-    assert card["precision"] == "fp32" and int8["precision"] == "int8" and int8["file"] == INT8_FILE
+    assert int8["precision"] == "int8" and int8["file"] == INT8_FILE and card["searched_precision"] == "fp32"
     data = load_data(None, image_size=card["input_shape"][-1], seed=0, patients=8)
     fp32_pred = _predict(exports["int8"] / "model.onnx", data.test.images)
     int8_pred = _predict(exports["int8"] / INT8_FILE, data.test.images)
@@ -107,7 +107,11 @@ def test_int8_model_card_and_predictions(exports):
     assert latency["reference_ms"] == card["latency"]["reference_ms"]  # timed against the study's reference, like fp32
     assert int8["fp32_latency_ms"] == card["latency"]["median_ms"]
     assert int8["faster"] == (latency["median_ms"] < card["latency"]["median_ms"])
-    assert int8["deploy"] == (INT8_FILE if int8["faster"] else "model.onnx")
+    # An fp32 trial exported in INT8 deploys INT8 only where it measured faster; the verdict judges what is deployed.
+    assert card["deploy"] == int8["deploy"] == (INT8_FILE if int8["faster"] else "model.onnx")
+    assert card["precision"] == ("int8" if int8["faster"] else "fp32")
+    judged = int8 if int8["faster"] else card
+    assert card["verdict"]["median_ms"] == judged["latency"]["median_ms"] and card["verdict"]["dice"] == judged["dice"]
     assert int8["reduce_range"] == (has_vnni() is not True) and int8["vnni"] == has_vnni()
     assert int8["kept_fp32"]["ConvTranspose"] == 4 and int8["calibration"]["split"] == "train"
     assert int8["summary"] in exports["stdout"]
@@ -118,6 +122,7 @@ def test_fp32_default_is_unchanged(exports):
     fp32, int8 = exports["fp32"], exports["int8"]
     card = json.loads((fp32 / "model.json").read_text())
     assert not (fp32 / INT8_FILE).exists() and "int8" not in card and card["precision"] == "fp32"
+    assert card["deploy"] == "model.onnx"
     assert (fp32 / "model.onnx").read_bytes() == (int8 / "model.onnx").read_bytes()
 
 

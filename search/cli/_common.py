@@ -63,6 +63,8 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="where to train the baseline, fine-tunes and polish (default auto: a CUDA GPU if there is "
                              "one); latency is measured on the target CPU either way")
     parser.add_argument("--distill", type=float, metavar="W", help="weight of distillation from the baseline while fine-tuning (default 0: off)")
+    parser.add_argument("--precision", metavar="LIST", help="deployed precisions a trial may take: fp32 (default), int8, or "
+                        "fp32,int8 (a search dimension: INT8 candidates are quantized, measured and scored as INT8)")
 
 
 def print_rows(rows: list[dict], fmt: str, title: str) -> None:

@@ -92,7 +92,8 @@ def finish_study(name: str, url: str, out: str | None) -> int:
         _polish(study, best, trial_network(best, context, url), replace(context, settings=settings), url)
     exported = export_trial(study, best, folder, url, context=context)
     report = write_report(study, folder / "report.html", samples=exported.samples)
-    console.print(f"exported trial {best.number} to {folder} (storage {masked(url)}); report: {report}")
+    console.print(f"exported trial {best.number} to {folder} (deploy {exported.card['deploy']}; storage {masked(url)}); "
+                  f"report: {report}")
     verdict = exported.verdict
     console.print(verdict.line(), style=None if verdict.ok else "bold red", soft_wrap=True)
     return 0 if verdict.ok else EXIT_VERDICT_FAILED

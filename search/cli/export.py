@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ...errors import UserError
 from ..export import export_trial, no_feasible_message
-from ..quantize import INT8_FILE, PRECISIONS
+from ..quantize import INT8_FILE
+from ..settings import PRECISIONS
 from ..storage import storage_url
 from ..best import best_feasible
 from ..study import open_existing
@@ -53,6 +54,6 @@ def run(args) -> int:
           f"{card['latency']['median_ms']:.2f} ms median ({card['latency']['runtime']}, {card['latency']['threads']} thread), "
           f"{card['param_ratio']:.0f}x fewer parameters; ONNX vs PyTorch max difference {card['onnx_max_abs_diff']:.2e}")
     if "int8" in card:
-        print(card["int8"]["summary"])
+        print(f"{card['int8']['summary']}; deploy {card['deploy']}")
     print(exported.verdict.line())
     return 0 if exported.verdict.ok else EXIT_VERDICT_FAILED

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..predict import predict_files
+from ..predict import deployed_file, predict_files
 from ._common import add_command
 
 EXAMPLES = [
@@ -26,5 +26,5 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     written = predict_files(Path(args.model), [Path(name) for name in args.inputs], Path(args.out))
-    print(f"wrote {len(written)} label files to {args.out}")
+    print(f"wrote {len(written)} label files to {args.out} (model {deployed_file(Path(args.model))})")
     return 0

@@ -24,6 +24,7 @@ EXAMPLES = [
     "autosculpt search --budget-ms 20",
     "autosculpt search --budget-ms 5 --model unet-paper --trials 100 --study paper-5ms",
     "autosculpt search --preset smoke --budget-ms 2",
+    "autosculpt search --speedup 30 --precision fp32,int8   # prune and quantize: INT8 where it measures faster",
     "autosculpt search --budget-ms 20 --storage postgresql://user@db:5432/autosculpt --workers 4",
     "autosculpt search --budget-ms 30 --target http://hospital-pc:8765 --data /data/ACDC/training",
 ]
@@ -93,6 +94,7 @@ def settings_given(args) -> dict:
         "space_spec": space_spec, "target": target.to_dict() if target else None, "epochs": args.epochs,
         "seed": args.seed, "distill": args.distill, "speedup": args.speedup, "max_dice_loss": args.max_dice_loss,
         "polish_epochs": args.polish_epochs, "group_by": args.group_by, "device": args.device,
+        "precisions": [p.strip() for p in args.precision.split(",")] if args.precision else None,
     }
 
 
@@ -105,6 +107,8 @@ def describe(settings, name: str, data_median: int | None = None) -> str:
     if name == "target":
         where = value["url"] or "this machine"
         return f"target={where} ({value['threads']} thread, {value['runtime']})"
+    if name == "precisions":
+        return f"precision={','.join(value)}"
     if name == "data" and value is None:
         return "data=generated cardiac MRI"
     return f"{name}={'none' if value is None else value}"

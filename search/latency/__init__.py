@@ -28,10 +28,10 @@ from ._calibration import machine_reference
 from ._meter import LocalMeter, Meter, measure, measure_onnx, meter_for
 from ._remote import agent_info
 from ._types import (MAX_MEASUREMENTS, TOKEN_ENV, LatencyStats, MeasurementError, Reference, Target, TargetUnavailable,
-                     clear_of, cpu_model, package_version, pooled)
+                     batched, clear_of, cpu_model, package_version, pooled)
 
 __all__ = [
     "MAX_MEASUREMENTS", "TOKEN_ENV", "LatencyStats", "LocalMeter", "MeasurementError", "Meter", "Reference", "Target",
-    "TargetUnavailable", "agent_info", "clear_of", "cpu_model", "machine_reference", "measure", "measure_onnx", "meter_for",
+    "TargetUnavailable", "agent_info", "batched", "clear_of", "cpu_model", "machine_reference", "measure", "measure_onnx", "meter_for",
     "package_version", "pooled",
 ]
