@@ -40,7 +40,8 @@ class TrialRow(ModelFigures):
     one. ``feasible`` says whether its measured latency is within the study's budget (None
     when unmeasured); ``candidate`` whether it may be the answer (complete, fine-tuned
     and within budget): both by the one rule of :mod:`autosculpt.search.best`.
-    ``times`` maps each of :data:`PHASES` plus ``other`` (wall time not in a phase) to seconds.
+    ``precision`` is the deployed precision it was measured and scored at (fp32 before
+    ``search --precision`` existed). ``times`` maps each of :data:`PHASES` plus ``other`` (wall time not in a phase) to seconds.
     """
 
     number: int
@@ -53,6 +54,7 @@ class TrialRow(ModelFigures):
     keep: dict[str, float]
     channels: dict[str, int]
     note: str
+    precision: str
 
 
 def get_trial_row(trial: FrozenTrial, budget_ms: float) -> TrialRow:
@@ -78,6 +80,7 @@ def get_trial_row(trial: FrozenTrial, budget_ms: float) -> TrialRow:
         keep={_layer_of(k): float(v) for k, v in trial.params.items() if _layer_of(k) and finite(v) is not None},
         channels={str(k): int(v) for k, v in as_dict(attrs.get("channels")).items() if integer(v) is not None},
         note=str(attrs.get("fail_reason") or ""),
+        precision=str(attrs.get("precision") or "fp32"),
     )
 
 

@@ -33,12 +33,12 @@ from .latency import LatencyStats, measure_onnx, pooled
 from .metrics import per_volume, summary
 from .onnx_io import ort_labels, to_onnx
 from .polish import polish_record, polished_weights
-from .quantize import INT8_FILE, calibration_slices, has_vnni, quantize_int8, reduce_range_for
+from .quantize import INT8_FILE, Int8Model, calibration_slices, has_vnni, quantize_int8, reduce_range_for
 from .samples import QualitativeSample
 from .settings import PRECISIONS, Settings
 from .storage import artifact_store
 from .study import Context, environment, prepare, study_baseline, study_reference
-from .train import dice_counts, predict, scores_from_counts, split_scores
+from .train import Scores, dice_counts, predict, scores_from_counts, split_scores
 from .verdict import Verdict, trade_off
 from .weights import download_state_dict
 
@@ -62,7 +62,9 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
     The model is judged against ``budget_ms`` (default: the study's). ``context`` (the
     study's, from :func:`prepare`) saves loading it again. ``precision`` "int8" also
     writes ``model.int8.onnx`` and the card's ``int8`` section (:func:`_int8_section`); a
-    trial searched in INT8 (user attribute ``precision``) is always exported so.
+    trial searched in INT8 (user attribute ``precision``) is always exported so. The card's
+    top-level figures (``dice``, ``latency``, ``per_volume``, ``file_size``, ``sha256``)
+    and the verdict are those of the deployed file, ``deploy``.
     """
     searched = trial.user_attrs.get("precision", "fp32")
     precision = "int8" if searched == "int8" else precision
@@ -75,46 +77,36 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
     context = context or prepare(replace(settings, distill=0.0), study_baseline(study, storage_url))
     net = trial_network(trial, context, storage_url, study)
     folder.mkdir(parents=True, exist_ok=True)
-    onnx_bytes = to_onnx(net, tuple(context.example.shape))
-    (folder / "model.onnx").write_bytes(onnx_bytes)
+    fp32 = _scored("model.onnx", to_onnx(net, tuple(context.example.shape)), study, context, folder)
     torch.export.save(torch.export.export(net, (context.example,)), folder / "model.pt2")
-    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    max_diff = _max_difference(net, session, context.data.test.images[:8])
-    stats = _remeasure(onnx_bytes, study, context)
-    test_pred = ort_labels(session, context.data.test.images)
-    test = split_scores(test_pred, context.data.test, context.data.class_names)
-    figs = figures(net, context.example, context.groups)
+    quantized, int8 = _int8_model(fp32.onnx, study, context, folder) if precision == "int8" else (None, None)
+    deployed = int8 if int8 and (searched == "int8" or int8.stats.median_ms < fp32.stats.median_ms) else fp32
     budget = budget_ms or settings.budget_ms
-    int8 = _int8_section(onnx_bytes, test_pred, test.mean, stats, study, context, folder) if precision == "int8" else None
-    deploy_int8 = int8 is not None and (searched == "int8" or int8["faster"])
-    judged_stats, judged_dice = (LatencyStats.from_dict(int8["latency"]), int8["dice"]) if deploy_int8 else (stats, test.mean)
-    verdict = Verdict(budget, judged_stats.median_ms, judged_stats.p90_ms, judged_dice, context.baseline.test.mean,
+    verdict = Verdict(budget, deployed.stats.median_ms, deployed.stats.p90_ms, deployed.test.mean, context.baseline.test.mean,
                       settings.max_dice_loss, trade_off(study, budget, context.baseline.val.mean, settings.max_dice_loss))
+    figs = figures(net, context.example, context.groups)
+    base_pred = predict(context.baseline.model, context.data.test.images)
     card = {
         "study": study.study_name, "trial": trial.number, "input_shape": list(context.example.shape),
-        "class_names": list(context.data.class_names), "dice": test.mean, "dice_per_class": test.per_class,
-        "dice_split": "test", "val_dice": trial.values[0], "latency": stats.to_dict(),
-        "latency_clock": stats.clock, "trial_latency": trial.user_attrs.get("latency"),
-        "polish": polish_record(study, trial), "verdict": verdict.to_dict(),
+        "class_names": list(context.data.class_names), "deploy": deployed.file, "precision": deployed.precision,
+        "searched_precision": searched, **deployed.figures(), "val_dice": trial.values[0],
+        "trial_latency": trial.user_attrs.get("latency"), "polish": polish_record(study, trial), "verdict": verdict.to_dict(),
         "params": figs.params, "macs": figs.macs, **figs.ratios_against(context.baseline_figures),
         "channels": figs.channels, "baseline_channels": context.baseline_figures.channels,
         "baseline": {"params": context.baseline_figures.params, "macs": context.baseline_figures.macs,
                      "dice": context.baseline.test.mean, "dice_per_class": context.baseline.test.per_class},
-        "recipe": trial.user_attrs["recipe"], "onnx_max_abs_diff": max_diff, "file_size": len(onnx_bytes),
-        "sha256": hashlib.sha256(onnx_bytes).hexdigest(), "model": settings.model, "data": context.data.source,
-        "budget_ms": budget, "speedup": settings.speedup, "environment": environment(),
-        "precision": "int8" if deploy_int8 else "fp32", "deploy": INT8_FILE if deploy_int8 else "model.onnx",
-        "searched_precision": searched,
+        "recipe": trial.user_attrs["recipe"], "onnx_max_abs_diff": _max_difference(net, fp32.onnx, context.data.test.images[:8]),
+        "model": settings.model, "data": context.data.source, "budget_ms": budget, "speedup": settings.speedup,
+        "environment": environment(), "per_volume": _per_volume(context, deployed.pred, base_pred),
     }
     if int8 is not None:
-        card["int8"] = {**int8, "deploy": card["deploy"]}
-    base_pred = predict(context.baseline.model, context.data.test.images)
-    card["per_volume"] = _per_volume(context, test_pred, base_pred)
+        card["int8"] = _int8_section(quantized, int8, fp32, vnni=None if context.target.url else has_vnni())
     (folder / "model.json").write_text(json.dumps(card, indent=2))
-    study.set_user_attr("export", {"trial": trial.number, "dir": str(folder), "file_size": len(onnx_bytes),
-                                   "precision": card["precision"], "dice": test.mean, "dice_per_class": test.per_class, "latency": stats.to_dict(),
+    study.set_user_attr("export", {"trial": trial.number, "dir": str(folder), "file_size": card["file_size"],
+                                   "precision": deployed.precision, "dice": deployed.test.mean,
+                                   "dice_per_class": deployed.test.per_class, "latency": deployed.stats.to_dict(),
                                    "verdict": verdict.to_dict(), "per_volume": card["per_volume"]})
-    return Exported(card, _samples(context, test_pred, base_pred, card["per_volume"]["volumes"]), verdict)
+    return Exported(card, _samples(context, deployed.pred, base_pred, card["per_volume"]["volumes"]), verdict)
 
 
 def trial_network(trial: FrozenTrial, context: Context, storage_url: str, study: optuna.Study | None = None) -> torch.nn.Module:
@@ -133,38 +125,65 @@ def _remeasure(onnx_bytes: bytes, study: optuna.Study, context: Context):
     return pooled([measure_onnx(onnx_bytes, shape, context.target, reference) for _ in range(EXPORT_MEASUREMENTS)])
 
 
-def _int8_section(fp32_bytes: bytes, fp32_pred: torch.Tensor, fp32_dice: float, fp32_stats, study: optuna.Study,
-                  context: Context, folder: Path) -> dict:
-    """Write ``folder/model.int8.onnx`` and return the card's ``int8`` section: the INT8
-    model's test Dice and latency (same harness and reference as fp32's), beside fp32's.
+@dataclass(frozen=True)
+class _Scored:
+    """One written ONNX file of an export: its latency (the trials' harness) and test predictions and Dice."""
 
-    Weights use 7 bits (reduce_range) unless this CPU is known to have VNNI; a remote
-    target's flags are unknown, so it gets them too. ``faster`` says whether INT8 measured
-    faster than fp32; ``summary`` says so in one line.
-    """
-    vnni = None if context.target.url else has_vnni()
-    model = quantize_int8(fp32_bytes, calibration_slices(context.data.train.images), reduce_range_for(context.target))
-    (folder / INT8_FILE).write_bytes(model.onnx)
-    pred = ort_labels(model.onnx, context.data.test.images)
+    file: str
+    precision: str
+    onnx: bytes
+    stats: LatencyStats
+    pred: torch.Tensor
+    test: Scores
+
+    def figures(self) -> dict:
+        """The model card's figures of this file."""
+        return {"dice": self.test.mean, "dice_per_class": self.test.per_class, "dice_split": "test",
+                "latency": self.stats.to_dict(), "latency_clock": self.stats.clock, "file_size": len(self.onnx),
+                "sha256": hashlib.sha256(self.onnx).hexdigest()}
+
+
+def _scored(file: str, onnx_bytes: bytes, study: optuna.Study, context: Context, folder: Path,
+            precision: str = "fp32") -> _Scored:
+    """Write ``folder/file``, then score it on the test split and re-measure it."""
+    (folder / file).write_bytes(onnx_bytes)
+    pred = ort_labels(onnx_bytes, context.data.test.images)
     test = split_scores(pred, context.data.test, context.data.class_names)
-    stats = _remeasure(model.onnx, study, context)
-    faster = stats.median_ms < fp32_stats.median_ms
-    ratio = fp32_stats.median_ms / stats.median_ms
-    compared = (f"INT8 {stats.median_ms:.2f} ms against fp32 {fp32_stats.median_ms:.2f} ms, "
-                    f"test Dice {test.mean:.3f} against {fp32_dice:.3f}")
-    line = (f"INT8 is {ratio:.2f}x faster than fp32: {compared}" if faster else
-            f"INT8 is SLOWER than fp32 on this CPU ({compared})")
+    return _Scored(file, precision, onnx_bytes, _remeasure(onnx_bytes, study, context), pred, test)
+
+
+def _int8_model(fp32_bytes: bytes, study: optuna.Study, context: Context, folder: Path) -> tuple[Int8Model, _Scored]:
+    """Quantize the fp32 model (:func:`~.quantize.quantize_int8`, on training slices), write
+    ``folder/model.int8.onnx``, score and re-measure it."""
+    model = quantize_int8(fp32_bytes, calibration_slices(context.data.train.images), reduce_range_for(context.target))
+    return model, _scored(INT8_FILE, model.onnx, study, context, folder, "int8")
+
+
+def _int8_section(model: Int8Model, int8: _Scored, fp32: _Scored, vnni: bool | None) -> dict:
+    """The card's ``int8`` section: the INT8 model's test Dice and latency (same harness and
+    reference as fp32's) beside fp32's, and how it was quantized.
+
+    Weights use 7 bits (reduce_range) unless this CPU is known to have VNNI (``vnni``); a
+    remote target's flags are unknown, so it gets them too. ``faster`` says whether INT8
+    measured faster than fp32; ``summary`` says so in one line.
+    """
+    ratio = fp32.stats.median_ms / int8.stats.median_ms
+    compared = (f"INT8 {int8.stats.median_ms:.2f} ms against fp32 {fp32.stats.median_ms:.2f} ms, "
+                f"test Dice {int8.test.mean:.3f} against {fp32.test.mean:.3f}")
+    faster = int8.stats.median_ms < fp32.stats.median_ms
     return {
-        "precision": "int8", "file": INT8_FILE, "dice": test.mean, "dice_per_class": test.per_class, "dice_split": "test",
-        "dice_change": test.mean - fp32_dice, "agreement": float((pred == fp32_pred).double().mean()),
-        "latency": stats.to_dict(), "fp32_latency_ms": fp32_stats.median_ms, "speedup_over_fp32": ratio,
-        "faster": faster, "summary": line, "vnni": vnni,
-        **model.to_dict(), "file_size": len(model.onnx), "sha256": hashlib.sha256(model.onnx).hexdigest(),
+        "precision": "int8", "file": INT8_FILE, **int8.figures(), "dice_change": int8.test.mean - fp32.test.mean,
+        "agreement": float((int8.pred == fp32.pred).double().mean()), "fp32_dice": fp32.test.mean,
+        "fp32_latency_ms": fp32.stats.median_ms, "speedup_over_fp32": ratio, "faster": faster,
+        "summary": (f"INT8 is {ratio:.2f}x faster than fp32: {compared}" if faster else
+                    f"INT8 is SLOWER than fp32 on this CPU ({compared})"),
+        "vnni": vnni, **model.to_dict(),
     }
 
 
-def _max_difference(net: torch.nn.Module, session: onnxruntime.InferenceSession, images: torch.Tensor) -> float:
+def _max_difference(net: torch.nn.Module, onnx_bytes: bytes, images: torch.Tensor) -> float:
     """Largest absolute difference between PyTorch's and ONNX Runtime's logits."""
+    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     with torch.inference_mode():
         return max(float(np.abs(net(image[None]).numpy() - session.run(None, {name: image[None].numpy()})[0]).max())

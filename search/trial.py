@@ -38,7 +38,7 @@ class TrialRunner:
     ``predicted_ms`` (the latency model's figure for the chosen width), ``projection``
     (every measured width), ``measurements`` (latency measurements this trial made),
     ``feasible``, ``finetuned``, ``dice``, ``dice_per_class``, ``dice_by_epoch``,
-    ``time_measure_s``, ``time_finetune_s`` or (not fine-tuned) ``time_eval_s``,
+    ``time_measure_s``, ``time_finetune_s``, ``time_eval_s`` (scoring without fine-tuning),
     ``weights_artifact``, ``precision`` and, on failure, ``fail_reason``. The constraint
     ``latency`` is latency minus budget (feasible <= 0).
 
@@ -46,7 +46,8 @@ class TrialRunner:
     ``precision``). An INT8 trial is measured as the deployed INT8 model (quantized with
     :mod:`.quantize`, its own latency model and cache entries), fine-tuned in fp32 and
     scored after quantization: its value and ``dice`` are the INT8 model's validation
-    Dice, ``dice_fp32`` the network's before quantization, ``time_quantize_s`` the cost.
+    Dice, ``dice_fp32`` the network's before quantization; quantizing and scoring count
+    in ``time_eval_s``.
 
     A trial enqueued with the user attribute ``budget_fraction`` is projected onto that
     fraction of the budget instead (the report's trade-off); it reports no intermediate
@@ -186,7 +187,7 @@ class TrialRunner:
         val = self.context.data.val
         deployed = int8_onnx(net, tuple(self.context.example.shape), self.calibration, self.reduce_range)
         scores = split_scores(ort_labels(deployed, val.images), val, self.context.data.class_names)
-        trial.set_user_attr("time_quantize_s", time.perf_counter() - start)
+        trial.set_user_attr("time_eval_s", trial.user_attrs.get("time_eval_s", 0.0) + time.perf_counter() - start)
         return scores
 
     def _finetune(self, trial: optuna.Trial, net: torch.nn.Module, report: bool) -> Scores:
