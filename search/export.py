@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from .settings import PRECISIONS, Settings
 from .storage import artifact_store
 from .study import Context, environment, prepare, study_baseline, study_reference
 from .train import Scores, dice_counts, predict, scores_from_counts, split_scores
-from .verdict import Verdict, trade_off
+from .verdict import Verdict, suggested_budget, trade_off
 from .weights import download_state_dict
 
 SAMPLE_COUNT = 4
@@ -229,6 +228,5 @@ def no_feasible_message(study: optuna.Study, budget_ms: float) -> str:
         return f"no trial of {study.study_name!r} was measured yet: run autosculpt resume {study.study_name}"
     fastest = min(measured, key=lambda t: t.user_attrs["latency_ms"])
     latency = fastest.user_attrs["latency_ms"]
-    suggestion = math.ceil(latency * 1.2)
     return (f"no fine-tuned trial within {budget_ms:g} ms: the fastest, trial {fastest.number}, took {latency:.2f} ms. "
-            f"Search with a larger budget: autosculpt search --budget-ms {suggestion}")
+            f"Search with a larger budget: autosculpt search --budget-ms {suggested_budget(latency):g}")

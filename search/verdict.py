@@ -73,6 +73,13 @@ def trade_off(study: optuna.Study, budget_ms: float, baseline_dice: float, max_d
         return f"{text}; no trial kept the allowed Dice: try more --trials or --epochs."
     fastest = min(good, key=lambda t: t.user_attrs["latency_ms"])
     latency = fastest.user_attrs["latency_ms"]
-    suggestion = math.ceil(latency * 1.05 * 10) / 10
     return (f"{text}; {latency:.3g} ms kept {fastest.values[0]:.3f}: "
-            f"autosculpt search --budget-ms {suggestion:g}")
+            f"autosculpt search --budget-ms {suggested_budget(latency):g}")
+
+
+def suggested_budget(latency_ms: float) -> float:
+    """The budget to search with for a network measured at ``latency_ms``: 5 % above it (the
+    measurement's noise), rounded up to two significant digits (0.587 -> 0.62, 3.1 -> 3.3)."""
+    value = latency_ms * 1.05
+    step = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return round(math.ceil(round(value / step, 9)) * step, 12)

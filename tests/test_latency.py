@@ -122,7 +122,22 @@ def test_cli_latency_of_an_exported_folder(tmp_path):
     assert json.loads(done.stdout)["input_shape"] == [1, 1, 48, 48]
 
 
-@pytest.mark.parametrize("argv", [["--size", "50"], ["--model", "resnet"], ["--keep", "1.5"],
+def test_cli_latency_of_an_exported_folder_times_the_file_its_card_deploys(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(to_onnx(unet("unet-tiny"), (1, 1, 48, 48)))
+    (tmp_path / "small.onnx").write_bytes(to_onnx(unet("unet-tiny"), (1, 1, 32, 32)))
+    (tmp_path / "model.json").write_text(json.dumps({"deploy": "small.onnx"}))
+    done = run_cli("latency", "--model", str(tmp_path), "--format", "json", "--alone")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["input_shape"] == [1, 1, 32, 32]
+
+
+def test_cli_latency_of_a_preset_with_several_input_channels():
+    done = run_cli("latency", "--model", "unet-tiny", "--channels", "3", "--size", "32", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["input_shape"] == [1, 3, 32, 32]
+
+
+@pytest.mark.parametrize("argv", [["--size", "50"], ["--model", "resnet"], ["--keep", "1.5"], ["--channels", "0"],
                                   ["--target", "http://127.0.0.1:9", "--runtime", "torch"]])
 def test_cli_latency_bad_input_is_one_line(argv, capsys):
     assert main(["latency", *argv]) == 2

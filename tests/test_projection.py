@@ -11,7 +11,7 @@ import torch
 from autosculpt.search.latency import MAX_MEASUREMENTS, LatencyStats, Target, clear_of, measure, pooled
 from autosculpt.search.projection import (BAND, MAX_PROBES, CostModel, LatencyCache, LatencyModel, _width_for, chosen,
                                           project)
-from autosculpt.search.verdict import Verdict
+from autosculpt.search.verdict import Verdict, suggested_budget
 from autosculpt.space import Recipe, UNet, channel_plan, layer_groups, preset_config
 
 FAST = Target(min_runs=10, max_seconds=0.2, min_seconds=0.1, warmup=2)
@@ -142,6 +142,11 @@ def test_verdict_fails_over_budget_or_beyond_the_allowed_dice_loss():
     lossy = Verdict(2.0, 1.9, 2.1, 0.80, 0.96, 5.0, "t")
     assert not lossy.ok and "loses more than 5 % Dice" in lossy.line()
     assert lossy.to_dict()["dice_loss_pct"] == pytest.approx(100 * (1 - 0.80 / 0.96))
+
+
+@pytest.mark.parametrize("latency, budget", [(0.587, 0.62), (3.1, 3.3), (33.7, 36.0), (1.0, 1.1), (0.0095, 0.01)])
+def test_one_rule_suggests_a_budget_just_above_a_measured_latency(latency, budget):
+    assert suggested_budget(latency) == budget and suggested_budget(latency) >= latency * 1.05
 
 
 def test_when_every_larger_plan_is_predicted_over_the_aim_the_next_width_is_one_step_up():

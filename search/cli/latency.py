@@ -23,7 +23,8 @@ EXAMPLES = [
     "autosculpt latency                        # unet, 96x96, ONNX Runtime, 1 thread",
     "autosculpt latency --model unet-paper --keep 0.25 --threads 2",
     "autosculpt latency --runtime torch --format json",
-    "autosculpt latency --model exports/best   # a folder holding model.onnx",
+    "autosculpt latency --model exports/best   # an exported folder: the file its model card deploys",
+    "autosculpt latency --model unet --channels 3 --size 128",
     "autosculpt latency --alone                # timed by itself, as the machine runs it this second",
     "autosculpt latency --recalibrate          # measure this machine's reference again",
     "autosculpt latency --runtime torch --device cuda   # the dense model on this machine's GPU, for comparison",
@@ -41,6 +42,8 @@ def register(subparsers) -> None:
     parser.add_argument("--target", metavar="URL", help="remote latency agent http://HOST:PORT (token in $AUTOSCULPT_AGENT_TOKEN)")
     parser.add_argument("--size", type=int, default=96, metavar="N", help="input size N x N, a multiple of 16 (default 96)")
     parser.add_argument("--classes", type=int, default=4, metavar="N", help="output classes of a preset (default 4)")
+    parser.add_argument("--channels", type=int, default=1, metavar="N",
+                        help="input channels of a preset (default 1; 3 for RGB, or one per MRI sequence)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: time eager PyTorch (--runtime torch) on this machine's GPU, wall clock (default cpu)")
     parser.add_argument("--alone", action="store_true",
@@ -99,12 +102,13 @@ def _caption(calibration: dict | None) -> str:
 
 
 def _folder_model(folder: Path, args) -> tuple[bytes, tuple[int, ...]]:
-    """An exported model: its model.onnx at its own fixed input shape."""
+    """An exported model: the file its model card deploys (model.onnx without a card) at its own fixed input shape."""
     from ..onnx_io import onnx_input_shape
+    from ..predict import deployed_file
 
-    path = folder / "model.onnx"
+    path = folder / deployed_file(folder)
     if not path.is_file():
-        raise UserError(f"{folder} holds no model.onnx: give a preset name or a folder written by `autosculpt export`")
+        raise UserError(f"{folder} holds no {path.name}: give a preset name or a folder written by `autosculpt export`")
     if args.keep is not None or args.runtime != "ort":
         raise UserError("an exported model is measured as it is, in ONNX Runtime: drop --keep and --runtime")
     onnx_bytes = path.read_bytes()
@@ -124,8 +128,10 @@ def _preset(args) -> tuple[object, tuple[int, ...]]:
         raise UserError(f"--size {args.size} is not a multiple of 16: give e.g. --size 96")
     if args.keep is not None and not 0 < args.keep <= 1:
         raise UserError(f"--keep {args.keep} is not a fraction: give a ratio in (0, 1], e.g. --keep 0.5")
-    shape = (1, 1, args.size, args.size)
-    model = UNet(preset_config(args.model, 1, args.classes)).eval()
+    if args.channels < 1:
+        raise UserError(f"--channels {args.channels} must be at least 1: e.g. --channels 3 for RGB")
+    shape = (1, args.channels, args.size, args.size)
+    model = UNet(preset_config(args.model, args.channels, args.classes)).eval()
     if args.keep is not None:
         model = apply_recipe(model, Recipe.uniform(args.keep), torch.randn(*shape))
     return model, shape
