@@ -3,6 +3,8 @@ from the data set through the baseline to predict, and one-line errors where cha
 
 from __future__ import annotations
 
+import json
+
 import nibabel
 import numpy as np
 import pytest
@@ -61,16 +63,18 @@ def channel_case(folder, case, shape=(32, 32, 2), channels=2, seed=0):
     return volumes
 
 
-def nnunet_folder(root, cases=4, shape=(32, 32, 2)):
-    """images/caseN_0000.nii.gz, caseN_0001.nii.gz with masks/caseN.nii.gz (labels 0-2)."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
+def nnunet_folder(root, cases=4, shape=(32, 32, 2), folders=("images", "masks")):
+    """images/caseN_0000.nii.gz, caseN_0001.nii.gz with masks/caseN.nii.gz (labels 0-2);
+    ``folders`` ("imagesTr", "labelsTr") for nnU-Net's raw data set."""
+    images, masks = (root / folder for folder in folders)
+    images.mkdir(parents=True)
+    masks.mkdir()
     raw = {}
     for n in range(cases):
-        raw[f"case{n}"] = channel_case(root / "images", f"case{n}", shape, seed=n)
+        raw[f"case{n}"] = channel_case(images, f"case{n}", shape, seed=n)
         labels = np.zeros(shape, dtype=np.uint8)
         labels[8:20, 8:20] = 1 + n % 2
-        write_nifti(root / "masks" / f"case{n}.nii.gz", labels)
+        write_nifti(masks / f"case{n}.nii.gz", labels)
     return root, raw
 
 
@@ -156,6 +160,22 @@ def test_data_info_shows_the_channels(tmp_path):
 
 
 # --- nnU-Net channel files -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels", [{"background": 0, "RV": 1, "LV": 2}, {"0": "background", "1": "RV", "2": "LV"}])
+def test_nnunet_raw_data_set_loads_with_its_label_names(tmp_path, labels):
+    root, _ = nnunet_folder(tmp_path / "Dataset001_Heart", folders=("imagesTr", "labelsTr"))
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "cine", "1": "t2"}, "labels": labels,
+                                                   "numTraining": 4, "file_ending": ".nii.gz"}))
+    data = load_data(root, image_size=32)
+    assert data.in_channels == 2 and data.class_names == ("background", "RV", "LV")
+
+
+def test_nnunet_region_labels_are_one_line(tmp_path, capsys):
+    root, _ = nnunet_folder(tmp_path / "regions", folders=("imagesTr", "labelsTr"))
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "whole": [1, 2], "core": 2}}))
+    err = one_line_error(capsys, "data", "info", "--data", str(root), "--size", "32")
+    assert "region-based labels are not supported" in err and "classes.txt" in err
 
 
 def test_nnunet_channel_files_load_as_channels_in_order(tmp_path):

@@ -296,7 +296,7 @@ def test_bad_paths_name_the_folder(tmp_path):
     cases = {
         tmp_path / "missing": "no such folder",
         tmp_path / "empty": "empty folder",
-        tmp_path / "other": "matches neither layout",
+        tmp_path / "other": "matches no layout",
         tmp_path / "few": "only 2 patients",
         tmp_path / "nomasks": "has no masks/ folder",
     }

@@ -1,4 +1,5 @@
-"""Real data from a folder: the ACDC layout of NIfTI volumes, or images/ and masks/ files.
+"""Real data from a folder: the ACDC layout of NIfTI volumes, or images/ and masks/ files
+(or nnU-Net's raw data set: imagesTr/ and labelsTr/, with label names from dataset.json).
 
 Every problem with the data is a :class:`UserError` whose one line names the file, the
 problem and the fix.  Slices come back fitted to the requested size (see :func:`fit`)
@@ -7,6 +8,7 @@ but not normalised: the loader does that for every source alike.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -23,7 +25,9 @@ from ._types import Slices
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
-LAYOUTS = "patientNNN/ folders of NIfTI volumes (ACDC) or images/ and masks/ folders of 2D files or NIfTI volumes"
+LAYOUTS = ("patientNNN/ folders of NIfTI volumes (ACDC), images/ and masks/ folders of 2D files or NIfTI volumes, "
+           "or nnU-Net's imagesTr/ and labelsTr/")
+PAIR_FOLDERS = (("images", "masks"), ("imagesTr", "labelsTr"))  # ours, and nnU-Net's raw data set
 MAX_DEFAULT_SIZE = 256  # the largest input size chosen for the user: latency and training grow with its square
 _GREY_MODES = ("1", "L", "LA", "La")  # Pillow's 8-bit grey modes (alpha dropped)
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # grey with more than 8 bits, kept as they are
@@ -42,9 +46,15 @@ def read_folder(root: Path, image_size: int, group_by: str | None = None) -> Sli
         if group_by is not None:
             raise UserError(f"{root}: --group-by with ACDC data, which is grouped by patient folder: drop --group-by")
         return _read_acdc(patients, image_size)
-    if (root / "images").is_dir() or (root / "masks").is_dir():
+    if _pair_folders(root):
         return _read_pairs(root, image_size, compile_group_by(group_by))
-    raise UserError(f"{root}: matches neither layout: expected {LAYOUTS}")
+    raise UserError(f"{root}: matches no layout: expected {LAYOUTS}")
+
+
+def _pair_folders(root: Path) -> tuple[Path, Path] | None:
+    """The (images, masks) folders of ``root`` (see :data:`PAIR_FOLDERS`): the first pair of
+    which one exists; None when none does."""
+    return next(((root / i, root / m) for i, m in PAIR_FOLDERS if (root / i).is_dir() or (root / m).is_dir()), None)
 
 
 def _check_root(root: Path) -> None:
@@ -64,11 +74,11 @@ def suggested_image_size(root: Path) -> tuple[int, int]:
     patients = sorted(p for p in [*root.glob("patient*"), *root.glob("*/patient*")] if p.is_dir())
     if patients:
         sides = [max(nibabel.load(image).shape[:2]) for folder in patients for image, _ in _acdc_pairs(folder)]
-    elif (root / "images").is_dir():
-        files = _files_by_name(root / "images", IMAGE_SUFFIXES + VOLUME_SUFFIXES).values()
+    elif (folders := _pair_folders(root)) and folders[0].is_dir():
+        files = _files_by_name(folders[0], IMAGE_SUFFIXES + VOLUME_SUFFIXES).values()
         sides = [max(nibabel.load(file).shape[:2] if is_volume(file) else _open_lazily(file).size) for file in files]
     else:
-        raise UserError(f"{root}: matches neither layout: expected {LAYOUTS}")
+        raise UserError(f"{root}: matches no layout: expected {LAYOUTS}")
     median = int(np.median(sides))
     return min(MAX_DEFAULT_SIZE, max(32, int(median / 16 + 0.5) * 16)), median
 
@@ -228,12 +238,14 @@ def _read_pairs(root: Path, image_size: int, group_by: re.Pattern | None) -> Sli
     """images/NAME.* with masks/NAME.png|tif, NAME a path that may hold folders
     (images/PATIENT/SLICE.png); or NIfTI volumes images/NAME.nii.gz (or channel files, see
     :func:`_cases`) with masks/NAME.nii.gz, sliced along their third axis.  Each slice's
-    group (patient) is :func:`group_of` of NAME; every image has the first one's channels."""
-    for folder in ("images", "masks"):
-        if not (root / folder).is_dir():
-            raise UserError(f"{root}: has no {folder}/ folder: add {folder}/ with one file per slice, same names")
-    cases = _cases(_files_by_name(root / "images", IMAGE_SUFFIXES + VOLUME_SUFFIXES),
-                   masks := _files_by_name(root / "masks", MASK_SUFFIXES + VOLUME_SUFFIXES))
+    group (patient) is :func:`group_of` of NAME; every image has the first one's channels.
+    nnU-Net's imagesTr/ and labelsTr/ are read the same way."""
+    image_folder, mask_folder = _pair_folders(root)
+    for folder in (image_folder, mask_folder):
+        if not folder.is_dir():
+            raise UserError(f"{root}: has no {folder.name}/ folder: add {folder.name}/ with one file per slice, same names")
+    cases = _cases(_files_by_name(image_folder, IMAGE_SUFFIXES + VOLUME_SUFFIXES),
+                   masks := _files_by_name(mask_folder, MASK_SUFFIXES + VOLUME_SUFFIXES, masks=True))
     names = sorted(cases)
     case_groups = [group_of(name, cases[name][0], group_by) for name in names]
     first = cases[names[0]][0]
@@ -294,17 +306,17 @@ def _cases(images: dict[str, Path], masks: dict[str, Path]) -> dict[str, list[Pa
     return cases
 
 
-def _files_by_name(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+def _files_by_name(folder: Path, suffixes: tuple[str, ...], masks: bool = False) -> dict[str, Path]:
     """Files under ``folder`` (subfolders too) with one of ``suffixes``, by their path
     relative to ``folder`` without suffix, with ``/`` separators (``p012/s7``); hidden
-    files and folders are skipped."""
+    files and folders are skipped. ``masks``: the folder holds masks (JPEG refused)."""
     files: dict[str, Path] = {}
     for file in sorted(folder.rglob("*")):
         relative = file.relative_to(folder)
         suffix = next((s for s in suffixes if file.name.lower().endswith(s)), None)
         if any(part.startswith(".") for part in relative.parts) or not file.is_file():
             continue
-        if folder.name == "masks" and file.suffix.lower() in (".jpg", ".jpeg"):
+        if masks and file.suffix.lower() in (".jpg", ".jpeg"):
             raise UserError(f"{file}: JPEG mask: JPEG blurs labels, save the mask as PNG")
         if suffix is None:
             continue
@@ -313,7 +325,7 @@ def _files_by_name(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
             raise UserError(f"{file}: same name as {files[name].name}: keep one file per slice name")
         files[name] = file
     if not files:
-        kinds = "PNG, TIFF, JPEG or NIfTI images" if folder.name == "images" else "PNG, TIFF or NIfTI masks"
+        kinds = "PNG, TIFF or NIfTI masks" if masks else "PNG, TIFF, JPEG or NIfTI images"
         raise UserError(f"{folder}: no {kinds}: add one file per slice")
     return files
 
@@ -356,11 +368,26 @@ def _mask(file: Path) -> np.ndarray:
 
 
 def _class_names(root: Path) -> tuple[str, ...] | None:
-    """Names from ``classes.txt`` (one per line, label 0 first), or None when absent."""
+    """Names from ``classes.txt`` (one per line, label 0 first), else from nnU-Net's
+    ``dataset.json`` labels, or None when neither is there."""
     file = root / "classes.txt"
     if not file.is_file():
-        return None
+        return _nnunet_labels(root / "dataset.json") if (root / "dataset.json").is_file() else None
     names = tuple(line.strip() for line in file.read_text().splitlines() if line.strip())
     if len(names) < 2:
         raise UserError(f"{file}: {len(names)} class names: list at least 2, background first, one per line")
     return names
+
+
+def _nnunet_labels(file: Path) -> tuple[str, ...]:
+    """Class names by label from nnU-Net's ``dataset.json``: v2 ``{"labels": {"background": 0,
+    "RV": 1}}`` or v1 ``{"labels": {"0": "background", "1": "RV"}}``; labels 0, 1, ... without gaps."""
+    try:
+        labels = json.loads(file.read_text())["labels"]
+        by_label = dict((int(k), str(v)) if k.isdigit() else (int(v), str(k)) for k, v in labels.items())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{file}: no usable labels (one integer label per name; region-based labels are not supported): "
+                        "fix it or list the names in classes.txt") from None
+    if sorted(by_label) != list(range(len(by_label))) or len(by_label) < 2:
+        raise UserError(f"{file}: labels {sorted(by_label)} are not 0, 1, 2, ...: fix it or list the names in classes.txt")
+    return tuple(by_label[i] for i in range(len(by_label)))
