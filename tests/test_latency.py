@@ -115,6 +115,14 @@ def test_cli_latency_times_against_the_machine_reference_calibrated_once():
     assert recalibrated["reference"]["calibrated_at"] > first["reference"]["calibrated_at"]
 
 
+def test_cli_latency_times_a_model_against_the_reference_nearest_its_latency():
+    argv = ("latency", "--size", "32", "--format", "json")
+    dense = json.loads(run_cli(*argv, "--model", "unet").stdout)
+    pruned = json.loads(run_cli(*argv, "--model", "unet", "--keep", "0.25").stdout)
+    assert dense["reference"]["network"] == "unet keep 1" and pruned["reference"]["network"] == "unet keep 0.25"
+    assert dense["reference_ms"] > pruned["reference_ms"]
+
+
 def test_cli_latency_of_an_exported_folder(tmp_path):
     (tmp_path / "model.onnx").write_bytes(to_onnx(unet("unet-tiny"), (1, 1, 48, 48)))
     done = run_cli("latency", "--model", str(tmp_path), "--format", "json")
