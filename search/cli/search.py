@@ -24,7 +24,7 @@ EXAMPLES = [
     "autosculpt search --budget-ms 20",
     "autosculpt search --budget-ms 5 --model unet-paper --trials 100 --study paper-5ms",
     "autosculpt search --preset smoke --budget-ms 2",
-    "autosculpt search --speedup 30 --precision fp32,int8   # prune and quantize: INT8 where it measures faster",
+    "autosculpt search --speedup 30 --precision fp32,int8   # each trial fp32 or INT8, measured as deployed",
     "autosculpt search --budget-ms 20 --storage postgresql://user@db:5432/autosculpt --workers 4",
     "autosculpt search --budget-ms 30 --target http://hospital-pc:8765 --data /data/ACDC/training",
 ]
