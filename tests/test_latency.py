@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import run_cli
 
+from autosculpt.search.cli import latency as latency_cli
 from autosculpt.search.cli import main
 from autosculpt.errors import UserError
 from autosculpt.search.latency import LatencyStats, MeasurementError, Target, measure, measure_onnx
@@ -115,12 +116,12 @@ def test_cli_latency_times_against_the_machine_reference_calibrated_once():
     assert recalibrated["reference"]["calibrated_at"] > first["reference"]["calibrated_at"]
 
 
-def test_cli_latency_times_a_model_against_the_reference_nearest_its_latency():
-    argv = ("latency", "--size", "32", "--format", "json")
-    dense = json.loads(run_cli(*argv, "--model", "unet").stdout)
-    pruned = json.loads(run_cli(*argv, "--model", "unet", "--keep", "0.25").stdout)
-    assert dense["reference"]["network"] == "unet keep 1" and pruned["reference"]["network"] == "unet keep 0.25"
-    assert dense["reference_ms"] > pruned["reference_ms"]
+def test_the_command_times_a_model_against_the_reference_nearest_its_latency():
+    shape = (1, 1, 32, 32)
+    references = {keep: latency_cli._reference_onnx(keep, shape, 4) for keep in latency_cli.REFERENCE_KEEPS}
+    dense, tiny = to_onnx(unet("unet"), shape), to_onnx(unet("unet-tiny"), shape)
+    assert latency_cli._nearest(dense, references, shape, Target()) == 1.0
+    assert latency_cli._nearest(tiny, references, shape, Target()) == 0.25
 
 
 def test_cli_latency_of_an_exported_folder(tmp_path):
@@ -140,7 +141,7 @@ def test_cli_latency_of_an_exported_folder_times_the_file_its_card_deploys(tmp_p
 
 
 def test_cli_latency_of_a_preset_with_several_input_channels():
-    done = run_cli("latency", "--model", "unet-tiny", "--channels", "3", "--size", "32", "--format", "json")
+    done = run_cli("latency", "--model", "unet-tiny", "--channels", "3", "--size", "32", "--format", "json", "--alone")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["input_shape"] == [1, 3, 32, 32]
 

@@ -23,10 +23,10 @@ from autosculpt.search.train import split_scores
 
 @pytest.fixture(scope="module")
 def int8_study(tmp_path_factory):
-    """A two-trial smoke study searched in INT8 only, exported by the search itself."""
+    """A one-trial smoke study searched in INT8 only, exported by the search itself."""
     tmp = tmp_path_factory.mktemp("int8-search")
     url = f"sqlite:///{tmp / 'studies.db'}"
-    done = run_cli("search", "--preset", "smoke", "--budget-ms", "50", "--trials", "2", "--polish-epochs", "0",
+    done = run_cli("search", "--preset", "smoke", "--budget-ms", "50", "--trials", "1", "--polish-epochs", "0",
                    "--precision", "int8", "--study", "i8", "--storage", url, "--out", str(tmp / "out"))
     assert done.returncode in FLOW, done.stderr
     return {"url": url, "out": tmp / "out", "tmp": tmp, "stdout": done.stdout + done.stderr}
