@@ -32,7 +32,7 @@ from .latency import LatencyStats, measure_onnx, pooled
 from .metrics import per_volume, summary
 from .onnx_io import ort_labels, to_onnx
 from .polish import polish_record, polished_weights
-from .quantize import INT8_FILE, Int8Model, calibration_slices, has_vnni, quantize_int8, reduce_range_for
+from .quantize import INT8_FILE, Int8Model, calibration_slices, quantize_int8, reduce_range_for, target_vnni
 from .samples import QualitativeSample
 from .settings import PRECISIONS, Settings
 from .storage import artifact_store
@@ -99,7 +99,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
         "environment": environment(), "per_volume": _per_volume(context, deployed.pred, base_pred),
     }
     if int8 is not None:
-        card["int8"] = _int8_section(quantized, int8, fp32, vnni=None if context.target.url else has_vnni())
+        card["int8"] = _int8_section(quantized, int8, fp32, vnni=target_vnni(context.target))
     (folder / "model.json").write_text(json.dumps(card, indent=2))
     study.set_user_attr("export", {"trial": trial.number, "dir": str(folder), "file_size": card["file_size"],
                                    "precision": deployed.precision, "dice": deployed.test.mean,

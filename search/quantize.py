@@ -86,10 +86,15 @@ def has_vnni(cpuinfo: str | None = None) -> bool | None:
     return any(flag in VNNI_FLAGS for flag in flags[0])
 
 
+def target_vnni(target: Target) -> bool | None:
+    """Whether ``target``'s CPU has VNNI: this machine's flags (:func:`has_vnni`), None for a
+    remote target, whose flags are unknown."""
+    return None if target.url else has_vnni()
+
+
 def reduce_range_for(target: Target) -> bool:
-    """Whether to quantize weights to 7 bits for ``target``: yes unless it is this machine and
-    its CPU is known to have VNNI (a remote target's flags are unknown)."""
-    return bool(target.url) or has_vnni() is not True
+    """Whether to quantize weights to 7 bits for ``target``: yes unless its CPU is known to have VNNI."""
+    return target_vnni(target) is not True
 
 
 def int8_onnx(net: nn.Module, input_shape: tuple[int, ...], images: torch.Tensor, reduce_range: bool) -> bytes:
