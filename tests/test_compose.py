@@ -140,6 +140,18 @@ def test_dockerfile_installs_from_pyproject():
     assert not copied & {pattern.rstrip("/") for pattern in ignored}
 
 
+
+
+def test_the_image_install_holds_every_package():
+    """The image installs non-editably (``pip install .``), which takes only the packages
+    pyproject lists: every folder with an ``__init__.py`` under a mapped one must be listed."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set()
+    for package, folder in setuptools["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((package, *parts)))
+    assert found and found <= set(setuptools["packages"])
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get(POSTGRES_ENV), reason=f"set {POSTGRES_ENV} to run against PostgreSQL (CI does)")
 def test_container_command_lines_run_a_study(tmp_path, session_cache):
