@@ -201,6 +201,7 @@ class TrialRunner:
         schedule = Schedule(epochs=ctx.settings.epochs, seed=ctx.settings.seed + trial.number, distill=ctx.settings.distill,
                             device=ctx.device)
         history: list[float] = []
+        trial.set_user_attr("device", ctx.device)
 
         def on_epoch(epoch: int, loss: float, scores: Scores) -> bool:
             history.append(scores.mean)

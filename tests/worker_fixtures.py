@@ -169,6 +169,7 @@ def assert_exact_and_whole(reader: Reader, name: str, trials: int, artifacts: Pa
         attrs = trial.user_attrs
         assert trial.values == [attrs["dice"]] and attrs["latency_ms"] > 0, trial.number
         assert not attrs["finetuned"] or (artifacts / attrs["weights_artifact"]).is_file(), trial.number
+        assert not attrs["finetuned"] or attrs["device"] == "cpu", trial.number  # where it was fine-tuned
     return everything
 
 
