@@ -15,7 +15,6 @@ verdict judges that file.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
 from ..space import Recipe, figures, rebuild
+from .card import ONNX_FILE, write_card
 from .data import SegmentationData
 from .latency import LatencyStats, measure_onnx, pooled
 from .metrics import per_volume, summary
@@ -76,7 +76,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
     context = context or prepare(replace(settings, distill=0.0), study_baseline(study, storage_url))
     net = trial_network(trial, context, storage_url, study)
     folder.mkdir(parents=True, exist_ok=True)
-    fp32 = _scored("model.onnx", to_onnx(net, tuple(context.example.shape)), study, context, folder)
+    fp32 = _scored(ONNX_FILE, to_onnx(net, tuple(context.example.shape)), study, context, folder)
     torch.export.save(torch.export.export(net, (context.example,)), folder / "model.pt2")
     quantized, int8 = _int8_model(fp32.onnx, study, context, folder) if precision == "int8" else (None, None)
     deployed = int8 if int8 and (searched == "int8" or int8.stats.median_ms < fp32.stats.median_ms) else fp32
@@ -100,7 +100,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
     }
     if int8 is not None:
         card["int8"] = _int8_section(quantized, int8, fp32, vnni=target_vnni(context.target))
-    (folder / "model.json").write_text(json.dumps(card, indent=2))
+    write_card(folder, card)
     study.set_user_attr("export", {"trial": trial.number, "dir": str(folder), "file_size": card["file_size"],
                                    "precision": deployed.precision, "dice": deployed.test.mean,
                                    "dice_per_class": deployed.test.per_class, "latency": deployed.stats.to_dict(),

@@ -17,7 +17,6 @@ Inference runs at the thread count the model card says the model was measured at
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nibabel
@@ -28,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import UserError
+from .card import deployed_file, measured_threads
 from .data import (IMAGE_SUFFIXES, VOLUME_SUFFIXES, channel_of, fit, group_channels, image_channels, image_tile,
                    is_volume, load_nifti, normalise, overlay_tile, read_image, scaled_size, volume_name)
 
@@ -46,29 +46,6 @@ def load_session(model_dir: Path) -> onnxruntime.InferenceSession:
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:
         raise UserError(f"{path}: not a valid ONNX model ({str(error).splitlines()[0]}): export it again") from None
-
-
-def deployed_file(model_dir: Path) -> str:
-    """The file name the model card says to deploy; ``model.onnx`` when the card does not say."""
-    deploy = _card(model_dir).get("deploy")
-    return deploy if isinstance(deploy, str) and "/" not in deploy else "model.onnx"
-
-
-def measured_threads(model_dir: Path) -> int:
-    """The thread count of the model card's latency figure; 1 when there is no card."""
-    try:
-        return max(1, int(_card(model_dir)["latency"]["threads"]))
-    except (KeyError, TypeError, ValueError):
-        return 1
-
-
-def _card(model_dir: Path) -> dict:
-    """The model card ``model_dir/model.json``; empty when there is none or it is not JSON."""
-    try:
-        card = json.loads((model_dir / "model.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return card if isinstance(card, dict) else {}
 
 
 def segment(session: onnxruntime.InferenceSession, image: np.ndarray) -> np.ndarray:

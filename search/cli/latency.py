@@ -124,7 +124,7 @@ def _caption(calibration: dict | None) -> str:
 def _folder_model(folder: Path, args) -> tuple[bytes, tuple[int, ...]]:
     """An exported model: the file its model card deploys (model.onnx without a card) at its own fixed input shape."""
     from ..onnx_io import onnx_input_shape
-    from ..predict import deployed_file
+    from ..card import deployed_file
 
     path = folder / deployed_file(folder)
     if not path.is_file():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..predict import deployed_file, predict_files
+from ..card import deployed_file
+from ..predict import predict_files
 from ._common import add_command
 
 EXAMPLES = [
