@@ -2,7 +2,10 @@
 
 Every arm gets the same trial count, fine-tuning schedule, data, cached baseline, latency
 harness (the study's reference network) and budget, given as a speedup over the dense
-model (``--speedup``), so the same table means the same on every CPU. Arms:
+model (``--speedup``), so the same table means the same on every CPU. A run's first arm
+measures the dense model and resolves the speedup into milliseconds; the run's other arms
+take that budget in milliseconds, so no arm gains from a noisier measurement of the
+dense model. Arms:
 
 (a) uniform        - the uniform shape projected onto the budget: the widest network with
                      one keep ratio everywhere, fine-tuned once (its trials would repeat it);
@@ -98,21 +101,22 @@ def main(argv=None) -> int:
     studies, context = {}, None
     for speedup, seed in runs:
         run_name = f"{speedup:g}x-s{seed:g}"
+        budget_ms = None  # set by the run's first study: every arm of a run gets the same budget in ms
         for arm, spec in arms.items():
             if arm not in chosen:
                 continue
-            settings = make_settings(**common, budget_ms=None, speedup=speedup, space=spec["space"],
-                                     warm_start=spec["warm_start"], trials=spec["trials"])
+            settings = make_settings(**common, budget_ms=budget_ms, speedup=None if budget_ms else speedup,
+                                     space=spec["space"], warm_start=spec["warm_start"], trials=spec["trials"])
             sampler = _seeded(spec["sampler"], int(seed))
             study, context, seconds = run_study(f"{prefix}-{run_name}-{arm}" + ("-quick" if quick else ""), url, settings,
                                                 sampler=sampler, context=context, run=not args.report)
             console.print(f"  {run_name} arm {arm}: {len(study.trials)} trials, {seconds:.0f} s in this call")
             results[arm][run_name] = study
             studies[f"{run_name} {arm}"] = study
+            budget_ms = budget_ms or study.user_attrs["settings"]["budget_ms"]
         if "nni" in chosen and context is not None:
-            budget = study.user_attrs["settings"]["budget_ms"]
             results["nni"][run_name] = nni_study(f"{prefix}-{run_name}-nni" + ("-quick" if quick else ""), url, study,
-                                                 context, trials, budget, run=not args.report)
+                                                 context, trials, budget_ms, run=not args.report)
     console.print(peers_table(results, [f"{s:g}x-s{d:g}" for s, d in runs], context.baseline.val.mean if context else None, trials))
     console.print(scaling_table([scaling_row(label, s) for label, s in studies.items()], "Where the trials' time went"))
     console.print(f"time taken: {time.perf_counter() - started:.0f} s")

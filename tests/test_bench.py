@@ -59,6 +59,10 @@ def test_peers_quick_prints_every_arm(tmp_path):
     for arm in NAMES.values():
         assert arm in done.stdout, done.stdout
     assert "Where the trials' time went" in done.stdout and "time taken:" in done.stdout
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    budgets = {optuna.load_study(study_name=name, storage=url).user_attrs["settings"]["budget_ms"]
+               for name in optuna.get_all_study_names(url)}
+    assert len(budgets) == 1, budgets  # one budget in ms for every arm of the run
     nni_row = next(line for line in done.stdout.splitlines() if NAMES["nni"] in line)
     try:
         importable = subprocess.run([NNI_PYTHON, "-c", "import nni"], capture_output=True, timeout=120).returncode == 0
@@ -68,7 +72,6 @@ def test_peers_quick_prints_every_arm(tmp_path):
         pytest.skip(f"NNI arm not checked (it printed {nni_row.strip()!r}): nni is not importable by {NNI_PYTHON} "
                     "(set $NNI_PYTHON to a venv with nni 3.0); the other arms were checked")
     assert re.search(r"│\s*(\d\.\d{3} \(\d+x\)|none)\s*│", nni_row), nni_row  # not "not installed"/"failed"
-    url = f"sqlite:///{tmp_path / 'bench.db'}"
     [name] = [name for name in optuna.get_all_study_names(url) if name.endswith("-nni-quick")]
     trials = optuna.load_study(study_name=name, storage=url).trials
     assert len(trials) == 3 and all(0 <= t.value <= 1 and t.user_attrs["latency_ms"] > 0 for t in trials), trials
