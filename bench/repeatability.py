@@ -76,11 +76,12 @@ def neighbour(loaded: bool, n: int):
 
 
 def networks(size: int) -> tuple[dict[str, torch.nn.Module], Reference, tuple[int, ...]]:
-    """The dense unet, its keep-0.2 copy, and the reference (keep 0.2 calibrated alone)."""
+    """The dense unet, its keep-0.2 copy rounded to 4 channels as the search rounds, and the
+    study's reference (keep 0.18, calibrated alone)."""
     shape = (1, 1, size, size)
     example = torch.randn(*shape)
     dense = UNet(preset_config("unet", 1, 4)).eval()
-    pruned = apply_recipe(dense, Recipe.uniform(KEEP["unet keep 0.2"]), example)
+    pruned = apply_recipe(dense, Recipe.uniform(KEEP["unet keep 0.2"], round_to=4), example)
     reference = apply_recipe(dense, Recipe.uniform(0.18, round_to=4), example)
     calibration = statistics.median(measure(reference, shape, NEW).median_ms for _ in range(3))
     return {"unet": dense, f"unet keep {KEEP['unet keep 0.2']}": pruned}, Reference(to_onnx(reference, shape), calibration), shape

@@ -41,7 +41,8 @@ def register(subparsers) -> None:
     parser = add_command(subparsers, "latency", "Measure the CPU latency of a model.", EXAMPLES, run)
     parser.add_argument("--model", default="unet", metavar="PRESET|DIR",
                         help="unet (default), unet-paper, unet-small, unet-tiny, or a folder holding model.onnx")
-    parser.add_argument("--keep", type=float, metavar="RATIO", help="prune every layer uniformly to this fraction of channels")
+    parser.add_argument("--keep", type=float, metavar="RATIO", help="prune every layer uniformly to this fraction of channels, "
+                        "rounded to a multiple of 4 as the search rounds")
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="threads (default 1: the steadiest figures)")
     parser.add_argument("--runtime", choices=("ort", "torch"), default="ort", help="ort = ONNX Runtime (default), torch = eager PyTorch")
     parser.add_argument("--target", metavar="URL", help="remote latency agent http://HOST:PORT (token in $AUTOSCULPT_AGENT_TOKEN)")
@@ -142,7 +143,7 @@ def _preset(args) -> tuple[object, tuple[int, ...]]:
     """A preset U-Net with fresh weights (latency does not depend on them), pruned if asked, and its input shape."""
     import torch
 
-    from ...space import Recipe, UNet, apply_recipe, preset_config
+    from ...space import Recipe, SearchSpace, UNet, apply_recipe, preset_config
 
     if args.size < 16 or args.size % 16:
         raise UserError(f"--size {args.size} is not a multiple of 16: give e.g. --size 96")
@@ -152,8 +153,10 @@ def _preset(args) -> tuple[object, tuple[int, ...]]:
         raise UserError(f"--channels {args.channels} must be at least 1: e.g. --channels 3 for RGB")
     shape = (1, args.channels, args.size, args.size)
     model = UNet(preset_config(args.model, args.channels, args.classes)).eval()
-    if args.keep is not None:
-        model = apply_recipe(model, Recipe.uniform(args.keep), torch.randn(*shape))
+    if args.keep is not None:  # rounded as the search rounds: odd channel counts run slower and less steadily
+        space = SearchSpace()
+        recipe = Recipe.uniform(args.keep, round_to=space.round_to, min_channels=space.min_channels)
+        model = apply_recipe(model, recipe, torch.randn(*shape))
     return model, shape
 
 
