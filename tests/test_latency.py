@@ -101,6 +101,7 @@ def test_cli_latency_json_of_a_pruned_preset():
     assert done.returncode == 0, done.stderr
     stats = LatencyStats.from_dict(json.loads(done.stdout))
     assert stats.input_shape == SHAPE and stats.runtime == "ort" and stats.threads == 1
+    assert stats.measurements == latency_cli.MEASUREMENTS == 3  # pooled: one slow window does not move the figure
 
 
 def test_cli_keep_prunes_as_the_search_rounds():

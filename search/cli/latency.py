@@ -7,6 +7,7 @@ agree although the machine's speed drifts; ``--alone`` times it by itself. The r
 is the one nearest the model in latency (a short look at each first): a busy neighbour
 core slows a 32 ms network and a 3 ms one by different factors, so a reference ten times
 faster than the model let the dense ``unet``'s figure move 7 % (bench/repeatability.py).
+The figure pools MEASUREMENTS such measurements (the median of their figures).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from datetime import datetime
 from pathlib import Path
 
 from ...errors import UserError
-from ..latency import Reference, Target, machine_reference, measure, measure_onnx
+from ..latency import Reference, Target, machine_reference, measure, measure_onnx, pooled
 from ..train import resolve_device
 from ._common import add_command, print_rows
 
 REFERENCE_KEEPS = (0.25, 1.0)  # of unet's channels: about 3 and 32 ms at 96 px (AMD EPYC, 1 thread)
+MEASUREMENTS = 3  # pooled (their medians): one window in a slow state of the machine does not move the figure
 
 EXAMPLES = [
     "autosculpt latency                        # unet, 96x96, ONNX Runtime, 1 thread",
@@ -66,10 +68,8 @@ def run(args) -> int:
     folder = Path(args.model)
     model, shape = _folder_model(folder, args) if folder.is_dir() else _preset(args)
     reference, calibration = _reference(model, shape, target, args)
-    if isinstance(model, bytes):
-        stats = measure_onnx(model, shape, target, reference)
-    else:
-        stats = measure(model, shape, target, reference)
+    timer = measure_onnx if isinstance(model, bytes) else measure
+    stats = pooled([timer(model, shape, target, reference) for _ in range(MEASUREMENTS)])
     if args.format == "json":
         print(json.dumps({**stats.to_dict(), "reference": calibration}, indent=2))
     else:
