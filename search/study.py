@@ -26,7 +26,8 @@ from ..space import (Figures, LayerGroup, Recipe, SearchSpace, apply_recipe, cha
                      model_digest, warm_start)
 from .baseline import Baseline, build_model, example_input, from_state, get_baseline
 from .data import SegmentationData, load_data
-from .latency import LatencyStats, Reference, Target, cpu_model, measure, pooled
+from .anchors import can_anchor, nearest_anchor
+from .latency import LatencyStats, Reference, Target, cpu_model, measure, measure_onnx, pooled
 from .onnx_io import to_onnx
 from .projection import CostModel, LatencyCache
 from .settings import SETTINGS_ATTR, Settings
@@ -154,17 +155,28 @@ def calibrate(context: Context, settings: Settings) -> tuple[Settings, dict | No
     baseline pruned uniformly to about the budget, its own latency pooled the same way:
     every trial and the export time their network against it (bench/repeatability.py
     measured a 2 ms network's figures repeating within 3-6 % that way, against 15-17 %
-    alone). A remote target or the torch runtime times networks alone (reference None).
+    alone). Both figures are timed against this machine's nearest anchor
+    (:mod:`.anchors`), so every study on the machine shares one scale. A remote target or
+    the torch runtime times networks alone (reference None).
     """
-    shape = tuple(context.example.shape)
-    baseline_stats = pooled([measure(context.baseline.model, shape, context.target) for _ in range(CALIBRATION_MEASUREMENTS)])
+    baseline_stats = _calibrated(context.baseline.model, context)
     settings = replace(settings, budget_ms=settings.budget_ms or baseline_stats.median_ms / settings.speedup)
     if context.target.url or context.target.runtime != "ort":
         return settings, None, baseline_stats
     recipe = uniform_recipe(context.space, budget_fraction(settings.budget_ms, baseline_stats.median_ms))
-    net = apply_recipe(context.baseline.model, recipe, context.example)
-    calibration = pooled([measure(net, shape, context.target) for _ in range(CALIBRATION_MEASUREMENTS)])
+    calibration = _calibrated(apply_recipe(context.baseline.model, recipe, context.example), context)
     return settings, {"recipe": recipe.to_dict(), "stats": calibration.to_dict()}, baseline_stats
+
+
+def _calibrated(net: torch.nn.Module, context: Context) -> LatencyStats:
+    """``net``'s figure pooled over CALIBRATION_MEASUREMENTS, against the nearest anchor where
+    :func:`~.anchors.can_anchor`, else alone."""
+    shape, target = tuple(context.example.shape), context.target
+    if not can_anchor(shape, target):
+        return pooled([measure(net, shape, target) for _ in range(CALIBRATION_MEASUREMENTS)])
+    onnx = to_onnx(net, shape)
+    anchor, _ = nearest_anchor(onnx, shape, target)
+    return pooled([measure_onnx(onnx, shape, target, anchor) for _ in range(CALIBRATION_MEASUREMENTS)])
 
 
 def study_reference(study: optuna.Study, context: Context) -> Reference | None:

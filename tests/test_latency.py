@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import run_cli
 
+from autosculpt.search.anchors import can_anchor, nearest_anchor
 from autosculpt.search.cli import latency as latency_cli
 from autosculpt.search.cli import build_parser, main
 from autosculpt.errors import UserError
@@ -128,12 +129,13 @@ def test_cli_latency_times_against_the_machine_reference_calibrated_once():
     assert recalibrated["reference"]["calibrated_at"] > first["reference"]["calibrated_at"]
 
 
-def test_the_command_times_a_model_against_the_reference_nearest_its_latency():
+def test_the_command_times_a_model_against_the_anchor_nearest_its_latency():
     shape = (1, 1, 32, 32)
-    references = {keep: latency_cli._reference_onnx(keep, shape, 4) for keep in latency_cli.REFERENCE_KEEPS}
     dense, tiny = to_onnx(unet("unet"), shape), to_onnx(unet("unet-tiny"), shape)
-    assert latency_cli._nearest(dense, references, shape, Target()) == 1.0
-    assert latency_cli._nearest(tiny, references, shape, Target()) == 0.25
+    assert nearest_anchor(dense, shape, Target())[1]["network"] == "unet keep 1"
+    assert nearest_anchor(tiny, shape, Target())[1]["network"] == "unet keep 0.25"
+    assert [can_anchor(s, Target()) for s in (shape, (1, 1, 40, 40), (1, 1, 8, 32, 32))] == [True, False, False]
+    assert not can_anchor(shape, Target(runtime="torch")) and not can_anchor(shape, Target(url="http://agent:8765"))
 
 
 def test_cli_latency_of_an_exported_folder(tmp_path):

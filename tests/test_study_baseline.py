@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from autosculpt.search.anchors import ANCHOR_KEEPS, anchor_onnx
 from autosculpt.search.baseline import baseline_key
 from autosculpt.search.cache import write_atomically
 from autosculpt.search.data import load_data
+from autosculpt.search.latency import machine_reference
 from autosculpt.search.settings import with_preset
 from autosculpt.search.study import create_study, prepare, study_baseline
 
@@ -29,6 +31,21 @@ def test_workers_use_the_study_baseline_not_their_own_cache(tmp_path):
         state_path.write_bytes(original)
     assert all(torch.equal(worker.baseline.model.state_dict()[k], v) for k, v in stored.items())
     assert worker.baseline.state_path is None
+
+
+def test_a_study_calibrates_against_this_machines_anchors(tmp_path):
+    """The baseline's figure (so the --speedup budget) and the study reference's calibration
+    are timed against the nearest anchor, cached per machine: studies on one machine share
+    one scale instead of the state the machine was in while each was created."""
+    settings, _ = with_preset("smoke", {"speedup": 1.5, "trials": 1})
+    context = prepare(settings)
+    study, settings = create_study("anchored", f"sqlite:///{tmp_path / 'studies.db'}", settings, context)
+    shape = tuple(context.example.shape)
+    anchors = {machine_reference(anchor_onnx(keep, shape), shape, context.target)[0].median_ms for keep in ANCHOR_KEEPS}
+    baseline, reference = study.user_attrs["baseline"]["latency"], study.user_attrs["latency_reference"]["stats"]
+    assert baseline["reference_ms"] in anchors and reference["reference_ms"] in anchors
+    assert baseline["measurements"] == reference["measurements"] == 3
+    assert settings.budget_ms == pytest.approx(baseline["median_ms"] / 1.5)
 
 
 def test_the_cache_key_names_the_torch_version(monkeypatch):

@@ -1,29 +1,25 @@
 """``autosculpt latency``: the CPU latency of a preset (optionally pruned) or an exported model.
 
-Locally in ONNX Runtime the model is timed in the same rounds as one of this machine's
-reference networks (``unet`` kept uniformly at one of REFERENCE_KEEPS, calibrated once and
-cached: see :func:`~autosculpt.search.latency.machine_reference`), so back-to-back runs
-agree although the machine's speed drifts; ``--alone`` times it by itself. The reference
-is the one nearest the model in latency (a short look at each first): a busy neighbour
-core slows a 32 ms network and a 3 ms one by different factors, so a reference ten times
-faster than the model let the dense ``unet``'s figure move 7 % (bench/repeatability.py).
-The figure pools MEASUREMENTS such measurements (the median of their figures).
+Locally in ONNX Runtime the model is timed in the same rounds as the nearest of this
+machine's anchor networks (see :mod:`~autosculpt.search.anchors`), so back-to-back runs
+agree although the machine's speed drifts, and agree with the figures of the studies on
+this machine; ``--alone`` times it by itself. The figure pools MEASUREMENTS measurements
+(the median of their figures).
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 from ...errors import UserError
-from ..latency import Reference, Target, machine_reference, measure, measure_onnx, pooled
+from ..anchors import can_anchor, nearest_anchor
+from ..latency import Reference, Target, measure, measure_onnx, pooled
+from ..onnx_io import to_onnx
 from ..train import resolve_device
 from ._common import add_command, print_rows
 
-REFERENCE_KEEPS = (0.25, 1.0)  # of unet's channels: about 3 and 32 ms at 96 px (AMD EPYC, 1 thread)
 MEASUREMENTS = 3  # pooled (their medians): one window in a slow state of the machine does not move the figure
 
 EXAMPLES = [
@@ -80,37 +76,13 @@ def run(args) -> int:
 
 
 def _reference(model, shape: tuple[int, ...], target: Target, args) -> tuple[Reference | None, dict | None]:
-    """This machine's reference for ``model`` at ``shape``, or (None, None) when the model is
-    timed alone: ``--alone``, a remote agent (it times models alone), eager PyTorch, or a
-    shape the reference U-Net cannot take."""
-    if args.alone or target.url or target.runtime != "ort" or target.device != "cpu" or len(shape) != 4 or shape[2] % 16 or shape[3] % 16:
+    """This machine's anchor nearest ``model`` (see :mod:`..anchors`), or (None, None) when the
+    model is timed alone: ``--alone``, a remote agent (it times models alone), eager PyTorch,
+    or a shape the anchor U-Net cannot take."""
+    if args.alone or not can_anchor(shape, target):
         return None, None
-    references = {keep: _reference_onnx(keep, shape, args.classes) for keep in REFERENCE_KEEPS}
-    keep = _nearest(model, references, shape, target)
-    reference, record = machine_reference(references[keep], shape, target, recalibrate=args.recalibrate)
-    return reference, {**record, "network": f"unet keep {keep:g}"}
-
-
-def _reference_onnx(keep: float, shape: tuple[int, ...], classes: int) -> bytes:
-    """``unet`` kept uniformly at ``keep``, the same bits in every run (its calibration is cached by digest)."""
-    import torch
-
-    from ...space import Recipe, UNet, apply_recipe, preset_config
-    from ..onnx_io import to_onnx
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = UNet(preset_config("unet", shape[1], classes)).eval()
-    if keep < 1:
-        net = apply_recipe(net, Recipe.uniform(keep), torch.zeros(*shape))
-    return to_onnx(net, shape)
-
-
-def _nearest(model, references: dict[float, bytes], shape: tuple[int, ...], target: Target) -> float:
-    """The keep of the reference nearest ``model`` in latency (by ratio), from a short look at each."""
-    glance = replace(target, min_runs=3, min_seconds=0.0, max_seconds=0.3, rounds=1, warmup=1)
-    model_ms = (measure_onnx(model, shape, glance) if isinstance(model, bytes) else measure(model, shape, glance)).median_ms
-    return min(references, key=lambda keep: abs(math.log(measure_onnx(references[keep], shape, glance).median_ms / model_ms)))
+    onnx = model if isinstance(model, bytes) else to_onnx(model, shape)
+    return nearest_anchor(onnx, shape, target, recalibrate=args.recalibrate, classes=args.classes)
 
 
 def _caption(calibration: dict | None) -> str:
