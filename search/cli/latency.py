@@ -29,7 +29,7 @@ EXAMPLES = [
     "autosculpt latency --model exports/best   # an exported folder: the file its model card deploys",
     "autosculpt latency --model unet --channels 3 --size 128",
     "autosculpt latency --alone                # timed by itself, as the machine runs it this second",
-    "autosculpt latency --recalibrate          # measure this machine's reference again",
+    "autosculpt latency --recalibrate          # measure this machine's anchor networks again",
     "autosculpt latency --runtime torch --device cuda   # the dense model on this machine's GPU, for comparison",
     "AUTOSCULPT_AGENT_TOKEN=... autosculpt latency --target http://10.0.0.7:8765",
 ]
@@ -51,9 +51,9 @@ def register(subparsers) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: time eager PyTorch (--runtime torch) on this machine's GPU, wall clock (default cpu)")
     parser.add_argument("--alone", action="store_true",
-                        help="time the model by itself instead of against this machine's reference network")
+                        help="time the model by itself instead of against this machine's nearest anchor network")
     parser.add_argument("--recalibrate", action="store_true",
-                        help="measure the reference's own latency again (cached per CPU, threads, runtime and size)")
+                        help="measure the anchors' own latency again (cached per CPU, threads, runtime and size)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
 
 
@@ -89,9 +89,9 @@ def _caption(calibration: dict | None) -> str:
     if calibration is None:
         return "median_ms: timed alone (raw_median_ms is the median of its rounds)"
     when = datetime.fromtimestamp(calibration["calibrated_at"]).strftime("%Y-%m-%d %H:%M")
-    return (f"median_ms: relative to this machine's reference ({calibration['network']}, {calibration['median_ms']:.3f} ms "
+    return (f"median_ms: relative to this machine's anchor ({calibration['network']}, {calibration['median_ms']:.3f} ms "
             f"as calibrated {when}), timed in the same rounds; raw_median_ms: as timed now. "
-            "--alone times the model by itself; --recalibrate measures the reference again.")
+            "--alone times the model by itself; --recalibrate measures the anchors again.")
 
 
 def _folder_model(folder: Path, args) -> tuple[bytes, tuple[int, ...]]:
