@@ -63,6 +63,8 @@ def run(args) -> int:
         resolve_device("cuda")  # one line, not a worker's traceback, on a machine without a GPU
     folder = Path(args.model)
     model, shape = _folder_model(folder, args) if folder.is_dir() else _preset(args)
+    if target.runtime == "ort" and not isinstance(model, bytes):
+        model = to_onnx(model, shape)  # once, not once per measurement
     reference, calibration = _reference(model, shape, target, args)
     timer = measure_onnx if isinstance(model, bytes) else measure
     stats = pooled([timer(model, shape, target, reference) for _ in range(MEASUREMENTS)])
@@ -76,13 +78,12 @@ def run(args) -> int:
 
 
 def _reference(model, shape: tuple[int, ...], target: Target, args) -> tuple[Reference | None, dict | None]:
-    """This machine's anchor nearest ``model`` (see :mod:`..anchors`), or (None, None) when the
-    model is timed alone: ``--alone``, a remote agent (it times models alone), eager PyTorch,
-    or a shape the anchor U-Net cannot take."""
+    """This machine's anchor nearest ``model`` (its ONNX bytes; see :mod:`..anchors`), or
+    (None, None) when the model is timed alone: ``--alone``, a remote agent (it times models
+    alone), eager PyTorch, or a shape the anchor U-Net cannot take."""
     if args.alone or not can_anchor(shape, target):
         return None, None
-    onnx = model if isinstance(model, bytes) else to_onnx(model, shape)
-    return nearest_anchor(onnx, shape, target, recalibrate=args.recalibrate, classes=args.classes)
+    return nearest_anchor(model, shape, target, recalibrate=args.recalibrate, classes=args.classes)
 
 
 def _caption(calibration: dict | None) -> str:
