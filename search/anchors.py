@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import lru_cache
 
 import torch
 
@@ -36,9 +37,10 @@ def can_anchor(shape: tuple[int, ...], target: Target) -> bool:
     return local_ort and len(shape) == 4 and shape[2] % 16 == 0 and shape[3] % 16 == 0
 
 
+@lru_cache(maxsize=8)
 def anchor_onnx(keep: float, shape: tuple[int, ...], classes: int = ANCHOR_CLASSES) -> bytes:
     """The anchor ``unet`` kept at ``keep`` for inputs of ``shape``: the same bits in every run
-    (its calibration is cached by digest)."""
+    (its calibration is cached by digest), built once per process (a study asks twice)."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
         net = UNet(preset_config("unet", shape[1], classes)).eval()
