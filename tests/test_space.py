@@ -184,7 +184,8 @@ def test_warm_start_brackets_a_kept_fraction(groups):
     assert 0.3 * 2**0.5 + 0.05 >= keeps[0] > 0.3 > keeps[-1] >= 0.3 / 2**0.5 - 0.05
 
 
-EXACT = SearchSpace(granularity="per-layer", keep_low=0.01, keep_step=None, keep_log=True, width_choices=(1.0,), round_to=1)
+EXACT = SearchSpace(granularity="per-layer", methods=("prune",), keep_low=0.01, keep_step=None, keep_log=True,
+                    width_choices=(1.0,), round_to=1)
 
 
 def test_capped_params_cap_every_group(groups):
@@ -194,7 +195,7 @@ def test_capped_params_cap_every_group(groups):
 
 def test_capped_params_choose_the_width_that_clips_least(groups):
     wide = [LayerGroup("a.conv", "a", 256), LayerGroup("b.conv", "b", 512)]
-    space = SearchSpace(width_choices=(0.25, 1.0), keep_low=0.05, keep_step=0.05)
+    space = SearchSpace(width_choices=(0.25, 1.0), keep_low=0.05, keep_step=0.05, methods=("prune",))
     assert space.capped_params(4, wide) == {"keep.a.conv": 0.05, "keep.b.conv": 0.05, "width": 0.25}  # 13 and 26 channels
     assert space.capped_params(128, wide)["width"] == 1.0  # keeps 0.5 and 0.25: width 0.25 would clip them
     with pytest.raises(UserError, match="per-layer or per-stage"):
@@ -222,3 +223,14 @@ def test_warm_start_drops_caps_that_repeat_a_shape(groups):
     points = warm_start(EXACT, groups, 12)  # caps beyond the widest group repeat the uniform shape
     shapes = [json.dumps(p, sort_keys=True) for p, fraction in points if fraction == 1.0]
     assert len(set(shapes)) == len(shapes) < 12
+
+
+def test_warm_start_tries_the_first_capped_shape_with_fresh_weights_when_the_space_allows(groups):
+    both = dataclasses.replace(EXACT, methods=("prune", "scale"))
+    points = warm_start(both, groups, 4)
+    at_budget = [params for params, fraction in points if fraction == 1.0]
+    assert [p["method"] for p in at_budget] == ["prune", "prune", "prune", "scale"]
+    assert {**at_budget[3], "method": "prune"} == at_budget[1]  # the first capped shape, fresh
+    assert all(params["method"] == "prune" for params, fraction in points if fraction != 1.0)
+    assert [p["method"] for p, _ in warm_start(both, groups, 2)] == ["prune"] * 4  # too few shapes to give one up
+    assert SearchSpace.load("per-layer").methods == ("prune", "scale")
