@@ -25,15 +25,15 @@ from autosculpt.space import UNet, preset_config
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """A one-trial smoke study exported twice: by default (fp32) and with --precision int8."""
+    """A one-trial smoke study exported twice: by the search itself (fp32, the default) and
+    with ``export --precision int8``."""
     tmp = tmp_path_factory.mktemp("int8")
     url = f"sqlite:///{tmp / 'studies.db'}"
     done = run_cli("search", "--preset", "smoke", "--budget-ms", "50", "--trials", "1", "--polish-epochs", "0",
-                   "--study", "q", "--storage", url, "--out", str(tmp / "search"))
+                   "--study", "q", "--storage", url, "--out", str(tmp / "fp32"))
     assert done.returncode in FLOW, done.stderr
-    fp32 = run_cli("export", "q", "--storage", url, "--out", str(tmp / "fp32"))
     int8 = run_cli("export", "q", "--storage", url, "--out", str(tmp / "int8"), "--precision", "int8")
-    assert fp32.returncode in FLOW and int8.returncode in FLOW, fp32.stderr + int8.stderr
+    assert int8.returncode in FLOW, int8.stderr
     return {"url": url, "fp32": tmp / "fp32", "int8": tmp / "int8", "stdout": int8.stdout}
 
 

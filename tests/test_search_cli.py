@@ -197,13 +197,16 @@ def test_storage_is_plain_optuna(storage_url):
     assert json.loads(done.stdout)[0]["study"] == "plain"
 
 
-def test_every_command_has_help_with_examples():
-    from autosculpt.search.cli import COMMANDS
+def test_every_command_has_help_with_examples(capsys):
+    from autosculpt.search.cli import COMMANDS, build_parser
 
-    for command in COMMANDS:
-        done = run_cli(command, "--help")
-        assert done.returncode == 0, command
-        assert "examples:" in done.stdout, command
+    done = run_cli("--help")  # the installed entry point, once
+    assert done.returncode == 0 and all(command in done.stdout for command in COMMANDS)
+    for command in COMMANDS:  # each command's parser in this process: a subprocess each cost 2 s of imports
+        with pytest.raises(SystemExit) as exited:
+            build_parser().parse_args([command, "--help"])
+        assert exited.value.code == 0, command
+        assert "examples:" in capsys.readouterr().out, command
 
 
 def test_ctrl_c_marks_the_trial_failed_and_prints_resume(tmp_path):
@@ -228,8 +231,11 @@ def test_resume_timeout_gives_more_time_after_the_limit_ran_out(tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     done = run_cli("search", *SMOKE, "--budget-ms", "50", "--timeout", "1", "--polish-epochs", "0", "--study", "late",
                    "--storage", url, "--out", str(tmp_path / "late"))
+    # The limit runs out during the first trial, or before it on a loaded machine (then nothing is exported: status 1).
+    assert done.returncode in (*FLOW, 1) and "Traceback" not in done.stderr, done.stderr
+    before = len(counted(url, "late"))
+    assert before <= 1
+    optuna.load_study(study_name="late", storage=url).set_user_attr("started_at", time.time() - 3600)
+    done = run_cli("resume", "late", "--storage", url, "--timeout", "30", "--trials", "1", "--out", str(tmp_path / "late"))
     assert done.returncode in FLOW, done.stderr
-    assert len(counted(url, "late")) == 1  # the limit ran out during the first trial
-    done = run_cli("resume", "late", "--storage", url, "--timeout", "5", "--trials", "1", "--out", str(tmp_path / "late"))
-    assert done.returncode in FLOW, done.stderr
-    assert len(counted(url, "late")) == 2  # 5 s from now, although more than 5 s passed since the study started
+    assert len(counted(url, "late")) == before + 1  # 30 s from now, although an hour passed since the study started
