@@ -13,10 +13,10 @@ trade-off a user is shown when the budget is hard to meet.
 
 Where the space allows both methods, the first capped shape is also tried with fresh
 weights ("scale"). At extreme compression the baseline's pruned weights do not learn in a
-trial's fine-tune: on ``unet`` at 96 px (12 epochs), 20x on a Xeon and 30x on an EPYC,
-every inherited network at the budget stayed at val Dice 0.21-0.31 (one structure),
-while fresh ones reached 0.60-0.92; on ``unet-paper`` at 0.6 ms (20 epochs) 0.19 against
-0.63. At mild compression inherited weights win (15x: 0.95). The study measures both at
+trial's fine-tune: on ``unet`` at 96 px (12 epochs), 20x on a Xeon, 50 of 52 inherited
+networks at the budget stayed at val Dice 0.21-0.31 (one structure) while the best fresh
+ones reached 0.60-0.93 (at 30x on an EPYC: 0.30 against 0.54); on ``unet-paper`` at 0.6
+ms (20 epochs) 0.19 against 0.63. At mild compression inherited weights win (15x: 0.95). The study measures both at
 its own budget, and the sampler takes it from there.
 """
 
