@@ -122,7 +122,7 @@ def _no_candidate_reason(rows: list[TrialRow], budget: float | None) -> str:
     if not complete:
         return "No trial has completed yet, so there is no compressed model to compare."
     fastest = min(complete, key=lambda r: r.latency_ms)
-    limit = f"the {budget:g} ms budget" if budget is not None else "the latency budget"
+    limit = f"the {budget:.3g} ms budget" if budget is not None else "the latency budget"
     return (
         f"None of the {len(complete)} complete trials met {limit}; "
         f"the fastest was trial {fastest.number} at {fastest.latency_ms:.1f} ms."

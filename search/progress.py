@@ -84,10 +84,10 @@ class LiveView:
     def _best_text(self) -> str:
         best = best_within(self.trials.values(), self.budget_ms)
         if best is None:
-            return f"none yet within {self.budget_ms:g} ms"
+            return f"none yet within {self.budget_ms:.3g} ms"
         attrs = best.user_attrs
         return (f"trial {best.number}: Dice {best.values[0]:.3f}, {attrs['latency_ms']:.2f} ms "
-                f"(budget {self.budget_ms:g}), {attrs.get('param_ratio', 0):.0f}x fewer parameters")
+                f"(budget {self.budget_ms:.3g} ms), {attrs.get('param_ratio', 0):.0f}x fewer parameters")
 
     def _time_text(self, counted: int) -> str:
         elapsed = time.monotonic() - self.started

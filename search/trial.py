@@ -38,9 +38,9 @@ class TrialRunner:
     ``predicted_ms`` (the latency model's figure for the chosen width), ``projection``
     (every measured width), ``measurements`` (latency measurements this trial made),
     ``feasible``, ``finetuned``, ``dice``, ``dice_per_class``, ``dice_by_epoch``,
-    ``time_measure_s``, ``time_finetune_s``, ``time_eval_s`` (scoring without fine-tuning),
-    ``weights_artifact``, ``precision`` and, on failure, ``fail_reason``. The constraint
-    ``latency`` is latency minus budget (feasible <= 0).
+    ``time_measure_s``, ``time_finetune_s`` (a pruned fine-tune's too), ``time_eval_s``
+    (scoring without fine-tuning), ``weights_artifact``, ``precision`` and, on failure,
+    ``fail_reason``. The constraint ``latency`` is latency minus budget (feasible <= 0).
 
     With several of the study's ``precisions`` the precision is sampled too (parameter
     ``precision``). An INT8 trial is measured as the deployed INT8 model (quantized with
@@ -211,6 +211,7 @@ class TrialRunner:
                 trial.report(scores.mean, epoch + 1)
                 if trial.should_prune():
                     trial.set_user_attr("dice", scores.mean)
+                    trial.set_user_attr("time_finetune_s", time.perf_counter() - start)
                     raise optuna.TrialPruned(f"Dice {scores.mean:.3f} at epoch {epoch + 1} is below the trials' it is compared with")
             return True
 

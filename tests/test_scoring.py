@@ -142,6 +142,7 @@ def test_one_rule_ranks_ties_by_latency_then_trial_number_and_the_live_view_read
     view = LiveView(study, 10.0, limit=None, quiet=True)
     assert view._best_text().startswith("trial 1:")
     assert LiveView(study, 0.5, limit=None, quiet=True)._best_text() == "none yet within 0.5 ms"
+    assert LiveView(study, 0.50324, limit=None, quiet=True)._best_text() == "none yet within 0.503 ms"  # a resolved --speedup
 
 
 # --- where training runs ---------------------------------------------------------------

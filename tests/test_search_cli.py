@@ -67,6 +67,8 @@ def test_search_resume_export_predict(tmp_path):
 
     done = run_cli("trials", "flow", "--storage", url, "--format", "json")
     assert len([row for row in json.loads(done.stdout) if row["state"] in ("COMPLETE", "PRUNED")]) == 5
+    finetuned = [t for t in counted(url, "flow") if t.user_attrs.get("finetuned")]
+    assert all(t.user_attrs["time_finetune_s"] > 0 for t in finetuned)  # pruned ones too: the benches count it
 
     slice_png = tmp_path / "slice.png"
     Image.fromarray(np.full((50, 70), 128, dtype=np.uint8)).save(slice_png)
