@@ -20,7 +20,9 @@ BAND = (0.8, 1.0)  # the fractions of the budget the projection aims between
 @dataclass(frozen=True)
 class SearchInfo:
     """``verdict`` is the export's one-line verdict (None before an export), ``verdict_ok``
-    whether it passed; ``polish`` the study's polish record (Dice before/after); ``clock``
+    whether it passed; ``polish`` the study's polish record (Dice before/after);
+    ``winner_method`` how the polished trial got its weights ("prune": the baseline's,
+    pruned; "scale": fresh), None without a polish; ``clock``
     the clock of the latency figures; ``in_band`` how many of ``at_budget`` fine-tuned
     trials at the budget measured within 80-100 % of it; ``model_error_pct`` the median
     absolute error of the latency model's predictions over ``predictions`` measured widths."""
@@ -28,6 +30,7 @@ class SearchInfo:
     verdict: str | None
     verdict_ok: bool | None
     polish: dict | None
+    winner_method: str | None
     clock: str | None
     in_band: int
     at_budget: int
@@ -46,8 +49,11 @@ def get_search_info(study: optuna.Study) -> SearchInfo:
     probes = [p for t in trials for p in t.user_attrs.get("projection", [])]
     errors = [abs(p["predicted_ms"] / p["latency_ms"] - 1) * 100 for p in probes if p.get("latency_ms")]
     latency = (attrs.get("baseline") or {}).get("latency") or {}
+    polish = attrs.get("polish")
+    winner = next((t for t in trials if polish and t.number == polish.get("trial")), None)
     return SearchInfo(
-        verdict=verdict.get("line"), verdict_ok=verdict.get("ok"), polish=attrs.get("polish"),
+        verdict=verdict.get("line"), verdict_ok=verdict.get("ok"), polish=polish,
+        winner_method=None if winner is None else (winner.user_attrs.get("recipe") or {}).get("method"),
         clock=latency.get("clock"), in_band=len(in_band), at_budget=len(at_budget),
         measurements=sum(t.user_attrs.get("measurements", 0) for t in trials),
         model_error_pct=median(errors) if errors else None, predictions=len(errors),

@@ -45,6 +45,8 @@ def test_search_resume_export_predict(tmp_path):
     card = json.loads((out / "model.json").read_text())
     assert card["polish"] == polish and card["latency"]["clock"] == "thread-cpu" == card["latency_clock"]
     assert (done.returncode == 0) == card["verdict"]["ok"]
+    weights = {"prune": "from the baseline's pruned weights", "scale": "from fresh weights"}[card["recipe"]["method"]]
+    assert weights in (out / "report.html").read_text()  # the report says how the winner got its weights
 
     done = run_cli("resume", "flow", "--storage", url, "--trials", "2", "--out", str(out))
     assert done.returncode in FLOW, done.stderr
