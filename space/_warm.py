@@ -16,8 +16,8 @@ weights ("scale"). At extreme compression the baseline's pruned weights do not l
 trial's fine-tune: on ``unet`` at 96 px (12 epochs), 20x on a Xeon, 50 of 52 inherited
 networks at the budget stayed at val Dice 0.21-0.31 (one structure) while the best fresh
 ones reached 0.60-0.93 (at 30x on an EPYC: 0.30 against 0.54); on ``unet-paper`` at 0.6
-ms (20 epochs) 0.19 against 0.63. At mild compression inherited weights win (15x: 0.95). The study measures both at
-its own budget, and the sampler takes it from there.
+ms (20 epochs) 0.19 against 0.63. At mild compression inherited weights win (15x: 0.95).
+The study measures both at its own budget, and the sampler takes it from there.
 """
 
 from __future__ import annotations
