@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .. import units
+
 DASH = "\u2014"
 MINUS = "\u2212"
 
@@ -16,9 +18,8 @@ def distance(value: float | None) -> str:
 
 
 def ms(value: float | None) -> str:
-    if value is None:
-        return DASH
-    return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
+    """A latency at three significant digits, as the CLI prints it: ``1.87 ms``, ``33.7 ms``."""
+    return DASH if value is None else units.ms(value)
 
 
 def count(value: float | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..units import ms
 from ._trials import ModelFigures, TrialRow
 from ._values import as_dict, change_pct, finite, finite_dict, first, integer, ratio
 
@@ -122,7 +123,7 @@ def _no_candidate_reason(rows: list[TrialRow], budget: float | None) -> str:
     if not complete:
         return "No trial has completed yet, so there is no compressed model to compare."
     fastest = min(complete, key=lambda r: r.latency_ms)
-    limit = f"the {budget:.3g} ms budget" if budget is not None else "the latency budget"
+    limit = f"the {ms(budget)} budget" if budget is not None else "the latency budget"
     return (
         f"None of the {len(complete)} complete trials met {limit}; "
         f"the fastest was trial {fastest.number} at {fastest.latency_ms:.1f} ms."

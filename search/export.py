@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
 from ..space import Recipe, figures, rebuild
+from ..units import ms
 from .card import ONNX_FILE, write_card
 from .data import SegmentationData
 from .latency import LatencyStats, measure_onnx, pooled
@@ -228,5 +229,5 @@ def no_feasible_message(study: optuna.Study, budget_ms: float) -> str:
         return f"no trial of {study.study_name!r} was measured yet: run autosculpt resume {study.study_name}"
     fastest = min(measured, key=lambda t: t.user_attrs["latency_ms"])
     latency = fastest.user_attrs["latency_ms"]
-    return (f"no fine-tuned trial within {budget_ms:.3g} ms: the fastest, trial {fastest.number}, took {latency:.2f} ms. "
+    return (f"no fine-tuned trial within {ms(budget_ms)}: the fastest, trial {fastest.number}, took {latency:.2f} ms. "
             f"Search with a larger budget: autosculpt search --budget-ms {suggested_budget(latency):g}")

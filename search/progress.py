@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ..units import ms
 from .best import best_within, within_budget
 
 
@@ -84,10 +85,10 @@ class LiveView:
     def _best_text(self) -> str:
         best = best_within(self.trials.values(), self.budget_ms)
         if best is None:
-            return f"none yet within {self.budget_ms:.3g} ms"
+            return f"none yet within {ms(self.budget_ms)}"
         attrs = best.user_attrs
         return (f"trial {best.number}: Dice {best.values[0]:.3f}, {attrs['latency_ms']:.2f} ms "
-                f"(budget {self.budget_ms:.3g} ms), {attrs.get('param_ratio', 0):.0f}x fewer parameters")
+                f"(budget {ms(self.budget_ms)}), {attrs.get('param_ratio', 0):.0f}x fewer parameters")
 
     def _time_text(self, counted: int) -> str:
         elapsed = time.monotonic() - self.started

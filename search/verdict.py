@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import optuna
 from optuna.trial import TrialState
 
+from ..units import ms
+
 EXIT_VERDICT_FAILED = 3  # the model was written, but misses the budget or the allowed Dice loss
 
 
@@ -43,7 +45,7 @@ class Verdict:
 
     def line(self) -> str:
         """One line for the terminal and the report's headline."""
-        figures = (f"{self.median_ms:.2f} ms median (p90 {self.p90_ms:.2f}) for a {self.budget_ms:.3g} ms budget; "
+        figures = (f"{self.median_ms:.2f} ms median (p90 {self.p90_ms:.2f}) for a {ms(self.budget_ms)} budget; "
                    f"test Dice {self.dice:.3f} vs the baseline's {self.baseline_dice:.3f} ({-self.dice_loss_pct:+.1f} %)")
         if self.ok:
             return f"budget met: {figures}"
@@ -66,14 +68,14 @@ def trade_off(study: optuna.Study, budget_ms: float, baseline_dice: float, max_d
              if t.user_attrs.get("finetuned") and "latency_ms" in t.user_attrs]
     within = [t for t in tuned if t.user_attrs["latency_ms"] <= budget_ms]
     best = max((t.values[0] for t in within), default=None)
-    text = (f"Within {budget_ms:.3g} ms the best keeps val Dice {best:.3f}" if best is not None
-            else f"No fine-tuned trial is within {budget_ms:.3g} ms")
+    text = (f"Within {ms(budget_ms)} the best keeps val Dice {best:.3f}" if best is not None
+            else f"No fine-tuned trial is within {ms(budget_ms)}")
     good = [t for t in tuned if t.values[0] >= baseline_dice * (1 - max_dice_loss_pct / 100)]
     if not good:
         return f"{text}; no trial kept the allowed Dice: try more --trials or --epochs."
     fastest = min(good, key=lambda t: t.user_attrs["latency_ms"])
     latency = fastest.user_attrs["latency_ms"]
-    return (f"{text}; {latency:.3g} ms kept {fastest.values[0]:.3f}: "
+    return (f"{text}; {ms(latency)} kept {fastest.values[0]:.3f}: "
             f"autosculpt search --budget-ms {suggested_budget(latency):g}")
 
 

@@ -101,6 +101,16 @@ def test_best_feasible_is_shown_until_a_trial_is_exported(tmp_path):
     assert "not exported yet" in html
 
 
+def test_a_resolved_budget_reads_the_same_everywhere_in_the_report(tmp_path):
+    """A ``--speedup`` budget (here 33.7 ms / 15) is 2.25 ms in the headline, the budget
+    line, the trial counts and the plot: the page once said 2.2 ms beside 2.25 ms. (The
+    settings table keeps the stored value.)"""
+    study = new_study(tmp_path, budget_ms=2.24859)
+    fx.add_trials(study, ["feasible"] * 3)
+    html = render_report(get_report_data(study))
+    assert "the 2.25 ms budget" in html and "latency budget 2.25 ms" in html and "2.2 ms" not in html
+
+
 def test_zero_complete_trials(tmp_path):
     study = new_study(tmp_path)
     fx.add_trials(study, ["failed", "pruned", "running"])

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ...errors import UserError
 from ...space import SearchSpace
+from ...units import ms
 from ..data import suggested_image_size
 from ..latency import Target, agent_info
 from ..settings import PRESETS, with_preset
@@ -124,7 +125,7 @@ def default_name(settings) -> str:
 def budget_text(settings) -> str:
     """The budget in both the user's words and milliseconds, e.g. ``budget 2.21 ms (33.1 ms / 15)``."""
     if settings.speedup:
-        return f"budget {settings.budget_ms:.3g} ms (the dense model's {settings.budget_ms * settings.speedup:.3g} ms / {settings.speedup:g})"
+        return f"budget {ms(settings.budget_ms)} (the dense model's {ms(settings.budget_ms * settings.speedup)} / {settings.speedup:g})"
     return f"budget {settings.budget_ms:g} ms"
 
 
