@@ -36,8 +36,8 @@ from autosculpt.search.latency import LatencyStats, Reference, Target, cpu_model
 from autosculpt.search.onnx_io import ort_labels, to_onnx
 from autosculpt.search.quantize import calibration_slices, has_vnni, quantize_int8
 from autosculpt.search.study import calibration_batch
-from autosculpt.search.train import Schedule, split_scores, train
-from autosculpt.space import Recipe, apply_recipe, figures
+from autosculpt.search.train import Schedule, finetune_lr, split_scores, train
+from autosculpt.space import Recipe, apply_recipe, count_parameters, figures
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ def bench_keep(keep: float, baseline, data: SegmentationData, plan: Plan, reduce
     example = example_input(data)
     shape = tuple(example.shape)
     net = apply_recipe(baseline.model, Recipe.uniform(keep), example, calibration_batch(data))
-    train(net, data, Schedule(epochs=plan.finetune_epochs))
+    lr = finetune_lr(count_parameters(baseline.model) / count_parameters(net))  # as a trial
+    train(net, data, Schedule(epochs=plan.finetune_epochs, lr=lr))
     fp32 = to_onnx(net, shape)
     slices = calibration_slices(data.train.images)
     int8 = quantize_int8(fp32, slices, reduce_range)

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial
 from .storage import artifact_store
 from .study import Context
 from .weights import upload_state_dict
-from .train import Schedule, evaluate, teacher_logits, train
+from .train import evaluate, teacher_logits, train
 
 POLISH_ATTR = "polish"
 
@@ -72,7 +72,7 @@ def _variants(distill: float) -> list[tuple[str, float]]:
 def _train(net: torch.nn.Module, context: Context, distill: float, seed: int, variant: str, on_epoch) -> float:
     """Fine-tune ``net`` for the polish's epochs; its validation Dice after the last one."""
     settings = context.settings
-    schedule = Schedule(epochs=settings.polish, seed=settings.seed + seed, distill=distill, device=context.device)
+    schedule = context.finetune_schedule(net, settings.polish, settings.seed + seed, distill)
     teacher = teacher_logits(context.baseline.model, context.data.train.images) if distill > 0 else None
 
     def report(epoch: int, loss: float, scores) -> bool:

@@ -25,7 +25,7 @@ from .quota import SurplusTrial, TrialQuota
 from .settings import Settings
 from .storage import artifact_store, is_storage_failure
 from .study import Context, study_reference
-from .train import Schedule, Scores, evaluate, split_scores, train
+from .train import Scores, evaluate, split_scores, train
 from .weights import upload_state_dict
 
 
@@ -38,7 +38,8 @@ class TrialRunner:
     ``predicted_ms`` (the latency model's figure for the chosen width), ``projection``
     (every measured width), ``measurements`` (latency measurements this trial made),
     ``feasible``, ``finetuned``, ``dice``, ``dice_per_class``, ``dice_by_epoch``,
-    ``time_measure_s``, ``time_finetune_s`` (a pruned fine-tune's too), ``time_eval_s``
+    ``lr`` (the fine-tune's peak learning rate), ``time_measure_s``, ``time_finetune_s`` (a pruned
+    fine-tune's too), ``time_eval_s``
     (scoring without fine-tuning), ``weights_artifact``, ``precision`` and, on failure,
     ``fail_reason``. The constraint ``latency`` is latency minus budget (feasible <= 0).
 
@@ -198,10 +199,10 @@ class TrialRunner:
         epoch) is part of ``time_finetune_s``.
         """
         ctx = self.context
-        schedule = Schedule(epochs=ctx.settings.epochs, seed=ctx.settings.seed + trial.number, distill=ctx.settings.distill,
-                            device=ctx.device)
+        schedule = ctx.finetune_schedule(net, ctx.settings.epochs, ctx.settings.seed + trial.number, ctx.settings.distill)
         history: list[float] = []
         trial.set_user_attr("device", ctx.device)
+        trial.set_user_attr("lr", schedule.lr)
 
         def on_epoch(epoch: int, loss: float, scores: Scores) -> bool:
             history.append(scores.mean)

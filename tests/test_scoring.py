@@ -19,7 +19,8 @@ from autosculpt.search.cli import main
 from autosculpt.search.data import Split
 from autosculpt.search.latency import Target
 from autosculpt.search.progress import LiveView
-from autosculpt.search.train import dice_counts, evaluate, resolve_device, scores_from_counts, segmentation_loss
+from autosculpt.search.train import (FINETUNE_LR_CAP, Schedule, dice_counts, evaluate, finetune_lr, resolve_device,
+                                     scores_from_counts, segmentation_loss)
 
 CLASSES = ("background", "organ", "lesion")
 
@@ -102,6 +103,15 @@ def test_one_optimizer_step_lowers_the_loss_of_a_tiny_net():
     with torch.no_grad():
         after = segmentation_loss(net(images), masks)
     assert math.isfinite(before.item()) and after.item() < before.item()
+
+
+def test_a_narrower_network_fine_tunes_at_a_larger_learning_rate_up_to_a_cap():
+    """At the baseline's 0.003, 4 channels everywhere (2291x fewer parameters) stuck at val
+    Dice 0.30; at 0.02 it reached 0.91-0.93 (see :func:`finetune_lr`)."""
+    base = Schedule.lr
+    assert finetune_lr(1.0) == base and finetune_lr(0.5) == base  # never below the baseline's
+    assert finetune_lr(16.0) == pytest.approx(2 * base)  # twice as narrow a network: a step sqrt(2) larger
+    assert base < finetune_lr(28) < finetune_lr(573) < finetune_lr(2291) == FINETUNE_LR_CAP
 
 
 # --- which trial wins at a budget -------------------------------------------------------

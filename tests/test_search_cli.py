@@ -18,6 +18,7 @@ from conftest import FLOW, run_cli
 from PIL import Image
 
 from autosculpt.search.data import load_data
+from autosculpt.search.train import finetune_lr
 from autosculpt.search.verdict import EXIT_VERDICT_FAILED
 
 SMOKE = ("--preset", "smoke")
@@ -71,6 +72,7 @@ def test_search_resume_export_predict(tmp_path):
     assert len([row for row in json.loads(done.stdout) if row["state"] in ("COMPLETE", "PRUNED")]) == 5
     finetuned = [t for t in counted(url, "flow") if t.user_attrs.get("finetuned")]
     assert all(t.user_attrs["time_finetune_s"] > 0 for t in finetuned)  # pruned ones too: the benches count it
+    assert all(t.user_attrs["lr"] == pytest.approx(finetune_lr(t.user_attrs["param_ratio"]), rel=1e-3) for t in finetuned)
 
     slice_png = tmp_path / "slice.png"
     Image.fromarray(np.full((50, 70), 128, dtype=np.uint8)).save(slice_png)
