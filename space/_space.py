@@ -38,7 +38,7 @@ class SearchSpace:
     """
 
     granularity: str = "per-layer"
-    methods: tuple[str, ...] = ("prune", "scale")
+    methods: tuple[str, ...] = ("prune",)
     keep_low: float = 0.05
     keep_high: float = 1.0
     keep_step: float | None = 0.05

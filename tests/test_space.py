@@ -225,12 +225,15 @@ def test_warm_start_drops_caps_that_repeat_a_shape(groups):
     assert len(set(shapes)) == len(shapes) < 12
 
 
-def test_warm_start_tries_the_first_capped_shape_with_fresh_weights_when_the_space_allows(groups):
-    both = dataclasses.replace(EXACT, methods=("prune", "scale"))
+@pytest.mark.parametrize("methods", [("prune", "scale"), ("scale", "prune")])
+def test_warm_start_tries_the_first_capped_shape_with_the_other_method_when_the_space_lists_both(groups, methods):
+    first, second = methods
+    both = dataclasses.replace(EXACT, methods=methods)
     points = warm_start(both, groups, 4)
     at_budget = [params for params, fraction in points if fraction == 1.0]
-    assert [p["method"] for p in at_budget] == ["prune", "prune", "prune", "scale"]
-    assert {**at_budget[3], "method": "prune"} == at_budget[1]  # the first capped shape, fresh
-    assert all(params["method"] == "prune" for params, fraction in points if fraction != 1.0)
-    assert [p["method"] for p, _ in warm_start(both, groups, 2)] == ["prune"] * 4  # too few shapes to give one up
-    assert SearchSpace.load("per-layer").methods == ("prune", "scale")
+    assert [p["method"] for p in at_budget] == [first, first, first, second]
+    assert {**at_budget[3], "method": first} == at_budget[1]  # the first capped shape, the other way
+    assert all(params["method"] == first for params, fraction in points if fraction != 1.0)
+    assert [p["method"] for p, _ in warm_start(both, groups, 2)] == [first] * 4  # too few shapes to give one up
+    assert SearchSpace.load("per-layer").methods == ("prune",)  # inherited weights: see space/_warm.py
+    assert "method" not in warm_start(SearchSpace.load("per-layer"), groups, 4)[0][0]
