@@ -212,14 +212,15 @@ class TrialRunner:
                 trial.report(scores.mean, epoch + 1)
                 if trial.should_prune():
                     trial.set_user_attr("dice", scores.mean)
-                    trial.set_user_attr("time_finetune_s", time.perf_counter() - start)
                     raise optuna.TrialPruned(f"Dice {scores.mean:.3f} at epoch {epoch + 1} is below the trials' it is compared with")
             return True
 
         net.train()
         start = time.perf_counter()
-        scores = train(net, ctx.data, schedule, teacher_outputs=ctx.teacher_outputs, on_epoch=on_epoch)
-        trial.set_user_attr("time_finetune_s", time.perf_counter() - start)
+        try:
+            scores = train(net, ctx.data, schedule, teacher_outputs=ctx.teacher_outputs, on_epoch=on_epoch)
+        finally:  # a pruned or failed fine-tune's time counts too
+            trial.set_user_attr("time_finetune_s", time.perf_counter() - start)
         self._upload_weights(trial, net)
         return scores
 
