@@ -240,10 +240,22 @@ def normalised(recipe: Recipe) -> Recipe:
 
 
 def make_pruner(settings: Settings) -> optuna.pruners.BasePruner:
-    """Successive halving over fine-tuning epochs: every shape gets 3/8 of the epochs (3 of
-    8: past the one-cycle schedule's peak learning rate, where Dice starts to rank shapes),
+    """Successive halving over fine-tuning epochs: every shape gets :func:`first_rung` epochs,
     the best third of those at each rung three times as many."""
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, settings.epochs * 3 // 8), reduction_factor=3)
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung(settings.epochs), reduction_factor=3)
+
+
+def first_rung(epochs: int) -> int:
+    """The epoch at which successive halving first compares shapes: just past the middle of
+    the fine-tune (5 of 8).
+
+    Tiny networks learn a structure at a time and jump late. At 30x on ``unet`` (96 px, 8
+    epochs, AMD EPYC) every network at the budget that finished read val Dice 0.27-0.51
+    after epoch 3 and 0.81-0.90 after epoch 5, ending at 0.92-0.93, while a rung at epoch
+    3 stopped 8 of the other 10 trials of one study at 0.21-0.29: by chance, and telling
+    the sampler that their shapes were bad.
+    """
+    return max(1, epochs // 2 + 1)
 
 
 class CandidateFailed(Exception):
