@@ -23,7 +23,7 @@ class Settings:
     budget is ``budget_ms`` or the baseline's latency over ``speedup``: a study stores
     both once it is created (``budget_ms`` resolved by calibration). ``epochs`` is the
     most a trial fine-tunes (the pruner stops most earlier); the winner is polished for
-    ``polish_epochs`` (default three times ``epochs``). The verdict fails a model that
+    ``polish_epochs`` (default twice ``epochs``). The verdict fails a model that
     loses more than ``max_dice_loss`` percent of the baseline's test Dice.
     ``group_by`` is the regex that groups an images/ folder's files into patients
     (None: by subfolder, or by file name up to the first ``_``).
@@ -96,7 +96,7 @@ class Settings:
     @property
     def polish(self) -> int:
         """Epochs of the winner's polish."""
-        return 3 * self.epochs if self.polish_epochs is None else self.polish_epochs
+        return 2 * self.epochs if self.polish_epochs is None else self.polish_epochs
 
     def conflicts(self, other: "Settings", names: set[str]) -> list[str]:
         """Names in ``names`` whose value differs between ``self`` and ``other``."""

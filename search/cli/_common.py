@@ -57,7 +57,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("ort", "torch"), help="deployed runtime to measure (default ort = ONNX Runtime)")
     parser.add_argument("--epochs", type=int, metavar="N",
                         help="most fine-tuning epochs of a trial; the pruner stops two in three just past half of them (default 8)")
-    parser.add_argument("--polish-epochs", type=int, metavar="N", help="epochs of the winner's polish (default 3 x --epochs; 0: none)")
+    parser.add_argument("--polish-epochs", type=int, metavar="N", help="epochs of the winner's polish (default 2 x --epochs; 0: none)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the data, baseline and samplers (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
                         help="where to train the baseline, fine-tunes and polish (default auto: a CUDA GPU if there is "
