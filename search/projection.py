@@ -29,7 +29,6 @@ CACHE_PREFIX = "latency:"
 BAND = 0.8  # a projection is done once a network measures within 80-100 % of the goal
 AIM = 0.92  # the fraction of the goal the model aims at: inside the band, clear of the noise
 MAX_PROBES = 6  # measured widths per projection (cached plans cost nothing)
-FILL_PROBES = 3  # measured plans between two adjacent widths (see _fill)
 PRIOR_EXPONENT = 0.8  # latency ~ cost ** 0.8 before the study has measured enough (bench/latency.py)
 
 
@@ -151,11 +150,8 @@ def project(plan_of: Callable[[float], dict[str, int]], cost_of: Callable[[dict[
     shifted through the last measurement; widths over the goal bound the search from
     above, widths within it from below. Stops after ``max_probes`` measurements or when
     no untried plan lies between the bounds. Once one width is within the goal and one
-    over it, the next width interpolates between them. Then, when the widest width
-    within the goal is below the band and the next one over it, :func:`_fill` measures
-    plans between the two. Returns the probes in order; pick the answer with
-    :func:`chosen` and build it from its ``plan`` (a filled probe's width is no width of
-    the shape).
+    over it, the next width interpolates between them. Returns the probes in order; pick
+    the answer with :func:`chosen`.
     """
     probes: list[Probe] = []
     low, high = 0.0, 1.0 + 1e-9  # the widest width within the goal, the narrowest over it
@@ -177,45 +173,7 @@ def project(plan_of: Callable[[float], dict[str, int]], cost_of: Callable[[dict[
         else:
             high, over = width, probe
         local = model.between(within, over) if within and over else model.through(cost, stats.median_ms)
-    return probes + _fill(probes, cost_of, measure, model, goal_ms, FILL_PROBES)
-
-
-def _fill(probes: list[Probe], cost_of, measure, model: LatencyModel, goal_ms: float, max_probes: int) -> list[Probe]:
-    """Plans between the widest width within the goal and the next one, when that one is
-    over the goal and the first below the band.
-
-    Channel counts move in steps, and where many groups keep the same fraction they all
-    step at once (8 to 12 channels in every layer took a capped ``unet`` from 1.65 to 2.90
-    ms). Here the groups that differ take the wider plan's count a few at a time, cheapest
-    first, bisecting on how many: a probe's width is its place between the two widths.
-    """
-    within = chosen(probes, goal_ms)
-    above = [p for p in probes if within and p.width > within.width and p.stats.median_ms > goal_ms]
-    if not above or within.stats.median_ms >= BAND * goal_ms:
-        return []
-    over = min(above, key=lambda p: p.width)
-    steps = sorted((n for n in over.plan if over.plan[n] != within.plan[n]),
-                   key=lambda n: cost_of({**within.plan, n: over.plan[n]}))
-    local = model.between(within, over)
-    low, high, filled = 0, len(steps), []
-
-    def plan_at(count: int) -> dict[str, int]:
-        return {**within.plan, **{n: over.plan[n] for n in steps[:count]}}
-
-    while high - low > 1 and len(filled) < max_probes:
-        fits = [k for k in range(low + 1, high) if local.predict(cost_of(plan_at(k))) <= AIM * goal_ms]
-        count = max(fits, default=(low + high) // 2)
-        plan, cost = plan_at(count), cost_of(plan_at(count))
-        width = within.width + (over.width - within.width) * count / len(steps)
-        probe = Probe(width, plan, cost, model.predict(cost), measure(width, plan))
-        filled.append(probe)
-        if probe.stats.median_ms > goal_ms:
-            high = count
-        else:
-            low = count
-            if probe.stats.median_ms >= BAND * goal_ms:
-                break
-    return filled
+    return probes
 
 
 def _width_for(aim_ms: float, model: LatencyModel, plan_of, cost_of, low: float, high: float,

@@ -16,7 +16,7 @@ from functools import partial
 import optuna
 import torch
 
-from ..space import Figures, Recipe, apply_recipe, channel_plan, figures, plan_recipe
+from ..space import Figures, Recipe, apply_recipe, channel_plan, figures
 from .latency import LatencyStats, TargetUnavailable, batched, clear_of, measure, measure_onnx
 from .onnx_io import ort_labels
 from .projection import CostModel, LatencyCache, LatencyModel, chosen, project
@@ -128,8 +128,7 @@ class TrialRunner:
         def measure_width(width: float, plan: dict[str, int]) -> LatencyStats:
             stats = self.cache.get(plan, precision)
             if stats is None:
-                nets[width] = apply_recipe(ctx.baseline.model, plan_recipe(shape, plan, ctx.groups), ctx.example,
-                                           ctx.calibration)
+                nets[width] = apply_recipe(ctx.baseline.model, replace(shape, width=width), ctx.example, ctx.calibration)
                 self.on_phase(trial, f"measuring width {width:.3f} ({precision})")
                 stats = self._measure(trial, nets[width], goal_ms, precision)
                 made.append(stats.measurements)
@@ -140,7 +139,7 @@ class TrialRunner:
         model = LatencyModel.fit(self.cache.points(precision) or self.cache.points())
         probes = project(plan_of, self.cost, measure_width, model, goal_ms)
         best = chosen(probes, goal_ms) or min(probes, key=lambda p: p.width)
-        recipe = plan_recipe(shape, best.plan, ctx.groups)
+        recipe = replace(shape, width=best.width)
         net = nets.get(best.width) or apply_recipe(ctx.baseline.model, recipe, ctx.example, ctx.calibration)
         trial.set_user_attr("projection", [p.to_dict() for p in probes])
         trial.set_user_attr("measurements", sum(made))

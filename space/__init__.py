@@ -11,7 +11,7 @@
 
 from ._figures import Figures, figures
 from ._prune import apply_recipe, layer_groups, rebuild
-from ._recipe import LayerGroup, Recipe, channel_plan, plan_recipe
+from ._recipe import LayerGroup, Recipe, channel_plan
 from ._space import SearchSpace
 from ._warm import warm_start
 from ._usermodel import load_user_model, model_digest
@@ -27,7 +27,6 @@ __all__ = [
     "UNetConfig",
     "apply_recipe",
     "channel_plan",
-    "plan_recipe",
     "count_parameters",
     "figures",
     "layer_groups",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import UserError
 from .unet import round_channels
@@ -112,14 +112,6 @@ def channel_plan(groups: Sequence[LayerGroup], recipe: Recipe) -> dict[str, int]
     ratios = {g.name: recipe.keep.get(g.name, 1.0) * recipe.width for g in groups}
     return {g.name: kept_channels(g.channels, ratios[g.name], math.lcm(recipe.round_to, g.step), recipe.min_channels)
             for g in groups}
-
-
-def plan_recipe(recipe: Recipe, plan: dict[str, int], groups: Sequence[LayerGroup]) -> Recipe:
-    """``recipe`` (its method, importance, rounding and ``ignore``) set to keep exactly ``plan``:
-    ``channel_plan(groups, plan_recipe(recipe, plan, groups)) == plan`` for any plan that
-    :func:`channel_plan` can give for ``groups`` (counts within its rounding), width 1."""
-    channels = {g.name: g.channels for g in groups}
-    return replace(recipe, keep={name: count / channels[name] for name, count in plan.items()}, width=1.0)
 
 
 def without_ignored(groups: Sequence[LayerGroup], ignore: Sequence[str]) -> list[LayerGroup]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -21,7 +20,6 @@ from autosculpt.space import (
     count_parameters,
     figures,
     layer_groups,
-    plan_recipe,
     preset_config,
     rebuild,
 )
@@ -174,18 +172,6 @@ def test_pruned_net_matches_its_plan(tiny, x, groups, make):
     assert got.channels == plan
     assert got.params == unet_params(plan, 1, CLASSES) == count_parameters(pruned)
     assert not pruned.training
-
-
-def test_a_plan_recipe_builds_exactly_its_plan(tiny, x, groups):
-    """The projection's filled plans (some groups one step wider than the shape's width
-    gives) are built and exported through :func:`plan_recipe`."""
-    shape = varied_recipe(groups, round_to=4)
-    low, high = channel_plan(groups, replace(shape, width=0.5)), channel_plan(groups, replace(shape, width=0.75))
-    mixed = {**low, **{name: high[name] for name in list(high)[::2]}}
-    for plan in (low, high, mixed):
-        recipe = plan_recipe(shape, plan, groups)
-        assert channel_plan(groups, recipe) == plan and recipe.method == shape.method and recipe.round_to == 4
-        assert figures(apply_recipe(tiny, recipe, x), x, groups).channels == plan
 
 
 def test_uniform_prune_equals_a_scaled_unet(tiny, x):
