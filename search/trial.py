@@ -37,11 +37,11 @@ class TrialRunner:
     measurements they pool), ``latency_ms``, ``latency_p90_ms``, ``threads``, ``runtime``,
     ``predicted_ms`` (the latency model's figure for the chosen width), ``projection``
     (every measured width), ``measurements`` (latency measurements this trial made),
-    ``feasible``, ``finetuned``, ``dice``, ``dice_per_class``, ``dice_by_epoch``,
-    ``lr`` (the fine-tune's peak learning rate), ``time_measure_s``, ``time_finetune_s`` (a pruned
-    fine-tune's too), ``time_eval_s``
-    (scoring without fine-tuning), ``weights_artifact``, ``precision`` and, on failure,
-    ``fail_reason``. The constraint ``latency`` is latency minus budget (feasible <= 0).
+    ``feasible``, ``finetuned``, ``dice``, ``dice_per_class``, ``dice_by_epoch``, ``lr``
+    (the fine-tune's peak learning rate), ``time_measure_s``, ``time_finetune_s`` (a pruned
+    fine-tune's too), ``time_eval_s`` (scoring without fine-tuning), ``weights_artifact``,
+    ``precision`` and, on failure, ``fail_reason``. The constraint ``latency`` is latency
+    minus budget (feasible <= 0).
 
     With several of the study's ``precisions`` the precision is sampled too (parameter
     ``precision``). An INT8 trial is measured as the deployed INT8 model (quantized with
