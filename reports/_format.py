@@ -28,7 +28,7 @@ def count(value: float | None) -> str:
         return DASH
     for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= size:
-            return f"{_three_digits(value / size)} {unit}"
+            return f"{units.three_digits(value / size)} {unit}"
     return f"{value:.0f}"
 
 
@@ -38,7 +38,7 @@ def size(value: float | None) -> str:
         return DASH
     for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
         if value >= scale:
-            return f"{_three_digits(value / scale)} {unit}"
+            return f"{units.three_digits(value / scale)} {unit}"
     return f"{value:.0f} B"
 
 
@@ -59,7 +59,3 @@ def pct(value: float | None) -> str:
 def signed(value: float, spec: str) -> str:
     text = format(abs(value), spec)
     return (MINUS if value < 0 and float(text) != 0 else "+") + text
-
-
-def _three_digits(value: float) -> str:
-    return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
