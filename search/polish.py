@@ -6,7 +6,8 @@ for ``Settings.polish`` epochs (two trials' schedules by default), once without
 distillation and, when the study distils (``--distill W``), once with it, and keeps
 whichever scores the best validation Dice, the trial's own weights included: a polish
 never makes the exported model worse on validation. (Two schedules, not three: at three
-the README's first command took 15 min 27 s on a 2-core AMD EPYC, the polish 102 s of it.)
+the polish took 102 s of the README's first command on a 2-core AMD EPYC and its model
+scored test Dice 0.969; at two, 72 s and 0.964 or 0.969 in two runs.)
 """
 
 from __future__ import annotations

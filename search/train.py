@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..space import count_parameters
 from .data import SegmentationData, Split
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -56,6 +57,11 @@ def finetune_lr(param_ratio: float, base: float = Schedule.lr) -> float:
     (28x) 0.954 at 0.003, 0.958-0.960 at 0.01.
     """
     return min(FINETUNE_LR_CAP, max(base, base * param_ratio**0.25))
+
+
+def finetune_lr_for(net: nn.Module, baseline_params: int) -> float:
+    """:func:`finetune_lr` for ``net``, shrunk from a baseline of ``baseline_params`` parameters."""
+    return finetune_lr(baseline_params / max(1, count_parameters(net)))
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from autosculpt.search.latency import Target
 from autosculpt.search.progress import LiveView
 from autosculpt.search.settings import Settings
 from autosculpt.search.trial import first_rung, make_pruner
-from autosculpt.search.train import (FINETUNE_LR_CAP, Schedule, dice_counts, evaluate, finetune_lr, resolve_device,
-                                     scores_from_counts, segmentation_loss)
+from autosculpt.search.train import (FINETUNE_LR_CAP, Schedule, dice_counts, evaluate, finetune_lr, finetune_lr_for,
+                                     resolve_device, scores_from_counts, segmentation_loss)
 
 CLASSES = ("background", "organ", "lesion")
 
@@ -114,6 +114,8 @@ def test_a_narrower_network_fine_tunes_at_a_larger_learning_rate_up_to_a_cap():
     assert finetune_lr(1.0) == base and finetune_lr(0.5) == base  # never below the baseline's
     assert finetune_lr(16.0) == pytest.approx(2 * base)  # twice as narrow a network: a step sqrt(2) larger
     assert base < finetune_lr(28) < finetune_lr(573) < finetune_lr(2291) == FINETUNE_LR_CAP
+    net = torch.nn.Conv2d(1, 4, 3)  # 40 parameters
+    assert finetune_lr_for(net, baseline_params=16 * 40) == pytest.approx(2 * base)
 
 
 def test_successive_halving_first_compares_shapes_just_past_the_middle_of_the_fine_tune():
