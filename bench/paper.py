@@ -9,14 +9,13 @@ speedup, with the baseline and the front re-measured side by side (interleaved r
 the end, and names the highest compression within 4% of the baseline's Dice. A second
 table shows where the trials' time went (see also ``bench/trials.py``).
 
-    python bench/paper.py                                   # the full run (about 35 min on 2 cores, baseline included)
+    python bench/paper.py                                   # the full run (about 30 min on 2 cores, baseline included)
     python bench/paper.py --trials 20                       # first part; run again with more to resume
     python bench/paper.py --quick                           # unet-tiny, smoke data, 3 trials x 1 epoch, < 90 s
 
 Defaults: 64x64 images (60 generated patients), a budget of 0.7 ms for ONNX Runtime at 1
-thread (the baseline took 61 ms here; the all-8-channel network 0.68 ms, and every
-network under 0.6 ms had 4-channel full-resolution layers that collapsed), 40 trials of
-20 fine-tune epochs each. Space:
+thread (the baseline took 61 ms on a 2-core AMD EPYC, the all-8-channel network 0.68 ms),
+40 trials of 20 fine-tune epochs each. Space:
 ``bench/paper-space.toml`` (per-layer keep ratios, 0.02..1 on a log scale), each shape
 projected onto the budget. The warm start is the library's own: the uniform and capped
 shapes (:func:`autosculpt.space.warm_start`). Tiny networks need that many fine-tune
