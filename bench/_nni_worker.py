@@ -31,7 +31,7 @@ def main() -> int:
     from autosculpt.search.baseline import build_model, example_input
     from autosculpt.search.data import load_data
     from autosculpt.search.latency import Reference, Target, measure
-    from autosculpt.search.train import Schedule, evaluate, finetune_lr_for, teacher_logits, train
+    from autosculpt.search.train import evaluate, finetune_schedule, teacher_logits, train
     from autosculpt.space import figures
 
     data = load_data(image_size=job["image_size"], seed=job["seed"], patients=job["patients"])
@@ -67,8 +67,8 @@ def main() -> int:
         finetune_s = 0.0
         if feasible:
             start = time.perf_counter()
-            lr = finetune_lr_for(model, base_figures.params)  # as TrialRunner
-            schedule = Schedule(epochs=job["epochs"], lr=lr, seed=job["seed"] + index, distill=job["distill"])
+            schedule = finetune_schedule(model, base_figures.params, job["epochs"], seed=job["seed"] + index,
+                                         distill=job["distill"])  # as TrialRunner
             train(model, data, schedule, teacher_outputs=teacher)
             finetune_s = time.perf_counter() - start
         dice = evaluate(model, data.val, data.class_names).mean

@@ -36,7 +36,7 @@ from autosculpt.search.latency import LatencyStats, Reference, Target, cpu_model
 from autosculpt.search.onnx_io import ort_labels, to_onnx
 from autosculpt.search.quantize import calibration_slices, has_vnni, quantize_int8
 from autosculpt.search.study import calibration_batch
-from autosculpt.search.train import Schedule, finetune_lr_for, split_scores, train
+from autosculpt.search.train import finetune_schedule, split_scores, train
 from autosculpt.space import Recipe, apply_recipe, count_parameters, figures
 
 
@@ -76,8 +76,7 @@ def bench_keep(keep: float, baseline, data: SegmentationData, plan: Plan, reduce
     example = example_input(data)
     shape = tuple(example.shape)
     net = apply_recipe(baseline.model, Recipe.uniform(keep), example, calibration_batch(data))
-    lr = finetune_lr_for(net, count_parameters(baseline.model))  # as a trial
-    train(net, data, Schedule(epochs=plan.finetune_epochs, lr=lr))
+    train(net, data, finetune_schedule(net, count_parameters(baseline.model), plan.finetune_epochs))  # as a trial
     fp32 = to_onnx(net, shape)
     slices = calibration_slices(data.train.images)
     int8 = quantize_int8(fp32, slices, reduce_range)

@@ -32,7 +32,7 @@ from .onnx_io import to_onnx
 from .projection import CostModel, LatencyCache
 from .settings import SETTINGS_ATTR, Settings
 from .storage import artifact_store, load_study, open_storage
-from .train import Schedule, finetune_lr_for, resolve_device, teacher_logits
+from .train import Schedule, finetune_schedule, resolve_device, teacher_logits
 from .weights import download_state_dict, upload_state_dict
 
 REFERENCE_ATTR = "latency_reference"
@@ -58,9 +58,8 @@ class Context:
 
     def finetune_schedule(self, net: torch.nn.Module, epochs: int, seed: int, distill: float) -> Schedule:
         """How ``net``, shrunk from the baseline, is fine-tuned (a trial or the polish): on
-        this worker's device, at the peak learning rate :func:`finetune_lr` gives its size."""
-        lr = finetune_lr_for(net, self.baseline_figures.params)
-        return Schedule(epochs=epochs, lr=lr, seed=seed, distill=distill, device=self.device)
+        this worker's device, as :func:`finetune_schedule` says."""
+        return finetune_schedule(net, self.baseline_figures.params, epochs, seed=seed, distill=distill, device=self.device)
 
 
 def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None = None) -> Context:

@@ -28,8 +28,10 @@ class Schedule:
     """How a network is trained: the baseline's long schedule or a trial's short fine-tune.
 
     ``distill`` weights a KL term towards the teacher's logits (the baseline's), which
-    keeps small structures that a tiny pruned net otherwise drops. ``device`` is where
-    training runs (``cpu`` or ``cuda``, see :func:`resolve_device`).
+    keeps small structures that a tiny pruned net otherwise drops. ``balance_classes``
+    weights the cross-entropy by :func:`class_weights` (fine-tunes do, see
+    :func:`finetune_schedule`). ``device`` is where training runs (``cpu`` or ``cuda``,
+    see :func:`resolve_device`).
     """
 
     epochs: int
@@ -39,6 +41,7 @@ class Schedule:
     temperature: float = 2.0
     seed: int = 0
     device: str = "cpu"
+    balance_classes: bool = False
 
 
 FINETUNE_LR_CAP = 0.02
@@ -60,9 +63,28 @@ def finetune_lr(param_ratio: float, base: float = Schedule.lr) -> float:
     return min(FINETUNE_LR_CAP, max(base, base * param_ratio**0.25))
 
 
-def finetune_lr_for(net: nn.Module, baseline_params: int) -> float:
-    """:func:`finetune_lr` for ``net``, shrunk from a baseline of ``baseline_params`` parameters."""
-    return finetune_lr(baseline_params / max(1, count_parameters(net)))
+def finetune_schedule(net: nn.Module, baseline_params: int, epochs: int, **options) -> Schedule:
+    """How ``net``, shrunk from a baseline of ``baseline_params`` parameters, is fine-tuned:
+    at the peak learning rate :func:`finetune_lr` gives its size, with class-balanced
+    cross-entropy; ``options`` are :class:`Schedule`'s others (seed, distill, device).
+
+    Balanced because tiny networks otherwise lose a structure, depending on the baseline:
+    pruned to about 30x from three `unet` baselines (seeds 0-2, 96 px, 8 epochs, AMD EPYC),
+    uniform keep 0.09 and 4 channels everywhere reached val Dice 0.92/0.92, 0.56/0.56 (RV
+    lost) and 0.53/0.50 (LV lost) unbalanced; 0.92/0.91, 0.54/0.90 and 0.94/0.94 balanced.
+    At about 15x (uniform keep 0.19, 8 channels everywhere) it cost 0.002-0.004 on seed 0
+    and nothing on seed 1 (0.952-0.958 either way).
+    """
+    lr = finetune_lr(baseline_params / max(1, count_parameters(net)))
+    return Schedule(epochs=epochs, lr=lr, balance_classes=True, **options)
+
+
+def class_weights(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Cross-entropy weights against class imbalance: 1 / sqrt(each class's share of the
+    pixels of ``masks``); a class absent from ``masks`` gets 1 (it is never a target)."""
+    counts = torch.bincount(masks.flatten(), minlength=num_classes).float()
+    share = counts / counts.sum()
+    return torch.where(counts > 0, share.clamp_min(1e-12).rsqrt(), torch.ones_like(share))
 
 
 @dataclass(frozen=True)
@@ -135,9 +157,10 @@ def teacher_logits(teacher: nn.Module, images: torch.Tensor, batch_size: int = 3
     return torch.cat([teacher(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy plus soft Dice over the foreground classes (robust to small structures)."""
-    ce = F.cross_entropy(logits, masks)
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy (weighted per class by ``weights`` when given) plus soft Dice over the
+    foreground classes, each class alike."""
+    ce = F.cross_entropy(logits, masks, weight=weights)
     probs = logits.softmax(1)[:, 1:]
     onehot = F.one_hot(masks, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
     dims = (0, 2, 3)
@@ -176,8 +199,9 @@ def train(
         steps = schedule.epochs * -(-len(data.train.images) // schedule.batch_size)
         lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=schedule.lr, total_steps=max(steps, 1))
         scores = Scores({name: 0.0 for name in data.class_names[1:]})
+        weights = class_weights(data.train.masks, data.num_classes).to(schedule.device) if schedule.balance_classes else None
         for epoch in range(schedule.epochs):
-            loss = _train_epoch(model, data.train, schedule, optimizer, lr_schedule, generator, teacher_outputs)
+            loss = _train_epoch(model, data.train, schedule, optimizer, lr_schedule, generator, teacher_outputs, weights)
             scores = evaluate(model, data.val, data.class_names)
             if on_epoch is not None and not on_epoch(epoch, loss, scores):
                 break
@@ -186,7 +210,7 @@ def train(
     return scores
 
 
-def _train_epoch(model, split, schedule, optimizer, lr_schedule, generator, teacher_outputs) -> float:
+def _train_epoch(model, split, schedule, optimizer, lr_schedule, generator, teacher_outputs, weights) -> float:
     """One pass over ``split`` in a seeded random order; returns the mean loss.
 
     Raises FloatingPointError as soon as a batch's loss is not finite.
@@ -197,7 +221,7 @@ def _train_epoch(model, split, schedule, optimizer, lr_schedule, generator, teac
     for start in range(0, len(order), schedule.batch_size):
         index = order[start : start + schedule.batch_size]
         logits = model(split.images[index].to(schedule.device))
-        loss = segmentation_loss(logits, split.masks[index].to(schedule.device))
+        loss = segmentation_loss(logits, split.masks[index].to(schedule.device), weights)
         if schedule.distill > 0:
             target = teacher_outputs[index].to(schedule.device)
             loss = loss + schedule.distill * distillation_loss(logits, target, schedule.temperature)

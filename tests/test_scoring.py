@@ -21,8 +21,8 @@ from autosculpt.search.latency import Target
 from autosculpt.search.progress import LiveView
 from autosculpt.search.settings import Settings
 from autosculpt.search.trial import first_rung, make_pruner
-from autosculpt.search.train import (FINETUNE_LR_CAP, Schedule, dice_counts, evaluate, finetune_lr, finetune_lr_for,
-                                     resolve_device, scores_from_counts, segmentation_loss)
+from autosculpt.search.train import (FINETUNE_LR_CAP, Schedule, dice_counts, evaluate, finetune_lr, finetune_schedule,
+                                     class_weights, resolve_device, scores_from_counts, segmentation_loss)
 
 CLASSES = ("background", "organ", "lesion")
 
@@ -115,7 +115,20 @@ def test_a_narrower_network_fine_tunes_at_a_larger_learning_rate_up_to_a_cap():
     assert finetune_lr(16.0) == pytest.approx(2 * base)  # twice as narrow a network: a step sqrt(2) larger
     assert base < finetune_lr(28) < finetune_lr(573) < finetune_lr(2291) == FINETUNE_LR_CAP
     net = torch.nn.Conv2d(1, 4, 3)  # 40 parameters
-    assert finetune_lr_for(net, baseline_params=16 * 40) == pytest.approx(2 * base)
+    schedule = finetune_schedule(net, baseline_params=16 * 40, epochs=8, seed=3)
+    assert schedule.lr == pytest.approx(2 * base) and schedule.balance_classes and schedule.seed == 3
+
+
+def test_fine_tunes_weigh_cross_entropy_against_class_imbalance():
+    """A pixel of a class 16 times rarer weighs 4 times more; an absent class gets 1."""
+    masks = torch.zeros(1, 17, 17, dtype=torch.long)
+    masks[0, :1, :] = 1  # 17 of 289 pixels: 1/17 of the share of class 0 (272)
+    weights = class_weights(masks, num_classes=3)
+    assert weights[1] / weights[0] == pytest.approx(4.0) and weights[2] == 1.0
+    logits = torch.zeros(1, 3, 17, 17)  # uniform predictions: every pixel's CE is log 3
+    assert segmentation_loss(logits, masks, weights) == pytest.approx(segmentation_loss(logits, masks).item())
+    logits[:, 1] = 2.0  # now right on the rare class, wrong on the common one
+    assert segmentation_loss(logits, masks, weights) < segmentation_loss(logits, masks)
 
 
 def test_successive_halving_first_compares_shapes_just_past_the_middle_of_the_fine_tune():
