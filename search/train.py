@@ -58,7 +58,8 @@ def finetune_lr(param_ratio: float, base: float = Schedule.lr) -> float:
     inherited or fresh, and reached 0.91-0.93 at 0.02 (0.49-0.90 fresh at 0.03); 8 channels
     (573x) fresh 0.93 at 0.003, 0.94 at 0.01, inherited 0.95 either way; uniform keep 0.19
     (28x) 0.954 at 0.003, 0.958-0.960 at 0.01. All pruned from one baseline (seed 0): from
-    two others, 4 channels everywhere reached only 0.56-0.66 at 0.02 (README, peers).
+    two others, 4 channels everywhere reached only 0.50-0.56 at 0.02 until fine-tunes
+    balanced the classes (:func:`finetune_schedule`).
     """
     return min(FINETUNE_LR_CAP, max(base, base * param_ratio**0.25))
 
