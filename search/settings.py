@@ -33,6 +33,9 @@ class Settings:
     the target CPU. ``precisions`` are the deployed precisions a trial may take ("fp32",
     "int8"): with several, the precision is a search dimension and an INT8 candidate is
     measured, projected and scored as INT8 (ONNX Runtime targets only).
+    ``balance_classes``: fine-tunes (trials and the polish) weigh the cross-entropy
+    against class imbalance (:func:`autosculpt.search.train.finetune_schedule`); a
+    study stored without it predates that and keeps fine-tuning unweighted on resume.
     """
 
     budget_ms: float | None = None
@@ -59,6 +62,7 @@ class Settings:
     preset: str = "default"
     device: str = "auto"
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    balance_classes: bool = True
 
     def __post_init__(self) -> None:
         if self.budget_ms is None and self.speedup is None:
@@ -91,7 +95,7 @@ class Settings:
     @classmethod
     def from_dict(cls, data: dict) -> "Settings":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{"balance_classes": False, **{k: v for k, v in data.items() if k in known}})
 
     @property
     def polish(self) -> int:

@@ -58,8 +58,9 @@ class Context:
 
     def finetune_schedule(self, net: torch.nn.Module, epochs: int, seed: int, distill: float) -> Schedule:
         """How ``net``, shrunk from the baseline, is fine-tuned (a trial or the polish): on
-        this worker's device, as :func:`finetune_schedule` says."""
-        return finetune_schedule(net, self.baseline_figures.params, epochs, seed=seed, distill=distill, device=self.device)
+        this worker's device, balanced as the study's settings say, as :func:`finetune_schedule` says."""
+        return finetune_schedule(net, self.baseline_figures.params, epochs, self.settings.balance_classes, seed=seed,
+                                 distill=distill, device=self.device)
 
 
 def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None = None) -> Context:

@@ -64,10 +64,12 @@ def finetune_lr(param_ratio: float, base: float = Schedule.lr) -> float:
     return min(FINETUNE_LR_CAP, max(base, base * param_ratio**0.25))
 
 
-def finetune_schedule(net: nn.Module, baseline_params: int, epochs: int, **options) -> Schedule:
+def finetune_schedule(net: nn.Module, baseline_params: int, epochs: int, balance_classes: bool = True,
+                      **options) -> Schedule:
     """How ``net``, shrunk from a baseline of ``baseline_params`` parameters, is fine-tuned:
     at the peak learning rate :func:`finetune_lr` gives its size, with class-balanced
-    cross-entropy; ``options`` are :class:`Schedule`'s others (seed, distill, device).
+    cross-entropy unless ``balance_classes`` is False (studies stored before it);
+    ``options`` are :class:`Schedule`'s others (seed, distill, device).
 
     Balanced because tiny networks otherwise lose a structure, depending on the baseline:
     pruned to about 30x from three `unet` baselines (seeds 0-2, 96 px, 8 epochs, AMD EPYC),
@@ -77,7 +79,7 @@ def finetune_schedule(net: nn.Module, baseline_params: int, epochs: int, **optio
     and nothing on seed 1 (0.952-0.958 either way).
     """
     lr = finetune_lr(baseline_params / max(1, count_parameters(net)))
-    return Schedule(epochs=epochs, lr=lr, balance_classes=True, **options)
+    return Schedule(epochs=epochs, lr=lr, balance_classes=balance_classes, **options)
 
 
 def class_weights(masks: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -117,6 +117,16 @@ def test_a_narrower_network_fine_tunes_at_a_larger_learning_rate_up_to_a_cap():
     net = torch.nn.Conv2d(1, 4, 3)  # 40 parameters
     schedule = finetune_schedule(net, baseline_params=16 * 40, epochs=8, seed=3)
     assert schedule.lr == pytest.approx(2 * base) and schedule.balance_classes and schedule.seed == 3
+    assert not finetune_schedule(net, 16 * 40, 8, balance_classes=False).balance_classes
+
+
+def test_a_study_stored_before_balanced_fine_tunes_resumes_unbalanced():
+    """New studies balance their fine-tunes; one whose stored settings predate the flag
+    keeps fine-tuning as its earlier trials did."""
+    new = Settings(budget_ms=5.0)
+    assert new.balance_classes and Settings.from_dict(new.to_dict()).balance_classes
+    stored_before = {k: v for k, v in new.to_dict().items() if k != "balance_classes"}
+    assert not Settings.from_dict(stored_before).balance_classes
 
 
 def test_fine_tunes_weigh_cross_entropy_against_class_imbalance():
