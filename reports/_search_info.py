@@ -25,7 +25,8 @@ class SearchInfo:
     pruned; "scale": fresh), None without a polish; ``clock``
     the clock of the latency figures; ``in_band`` how many of ``at_budget`` fine-tuned
     trials at the budget measured within 80-100 % of it; ``model_error_pct`` the median
-    absolute error of the latency model's predictions over ``predictions`` measured widths."""
+    absolute error of the latency model's predictions over ``predictions`` measured widths;
+    ``balanced`` whether fine-tunes weighed the classes (studies stored before that did not)."""
 
     verdict: str | None
     verdict_ok: bool | None
@@ -37,6 +38,7 @@ class SearchInfo:
     measurements: int
     model_error_pct: float | None
     predictions: int
+    balanced: bool
 
 
 def get_search_info(study: optuna.Study) -> SearchInfo:
@@ -57,4 +59,5 @@ def get_search_info(study: optuna.Study) -> SearchInfo:
         clock=latency.get("clock"), in_band=len(in_band), at_budget=len(at_budget),
         measurements=sum(t.user_attrs.get("measurements", 0) for t in trials),
         model_error_pct=median(errors) if errors else None, predictions=len(errors),
+        balanced=(attrs.get("settings") or {}).get("balance_classes", False),
     )

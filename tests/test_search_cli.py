@@ -48,6 +48,7 @@ def test_search_resume_export_predict(tmp_path):
     assert (done.returncode == 0) == card["verdict"]["ok"]
     weights = {"prune": "from the baseline's pruned weights", "scale": "from fresh weights"}[card["recipe"]["method"]]
     assert weights in (out / "report.html").read_text()  # the report says how the winner got its weights
+    assert settings["balance_classes"] and "weighed the cross-entropy against class imbalance" in (out / "report.html").read_text()
 
     done = run_cli("resume", "flow", "--storage", url, "--trials", "2", "--out", str(out))
     assert done.returncode in FLOW, done.stderr
