@@ -17,9 +17,11 @@ dense model. Arms:
                      default /tmp/nni-venv/bin/python); "not installed" when that
                      interpreter or nni is missing. NNI cannot prune ConvTranspose2d.
 
-Each run (``--runs``: speedup x sampler seed; data and baseline stay the same) prints
-every arm's best validation Dice within the budget; the last column is the mean and the
-spread (max - min) over the seeds of the first speedup.
+Each run (``--runs``: speedup x seed) prints every arm's best validation Dice within the
+budget; the last column is the mean and the spread (max - min) over the seeds of the first
+speedup. A run's seed picks the generated data, the baseline trained on them and the
+samplers' seeds: at 30x, which baseline is pruned mattered more than the sampler (the
+README's peers section), so the spread covers both.
 
     python bench/peers.py                                       # unet, 96 px: 30x (3 seeds), 10x, 100x
     python bench/peers.py --runs 30:0 --arms ours,random        # one part; the studies resume
@@ -98,14 +100,14 @@ def main(argv=None) -> int:
     prefix = args.prefix or f"peers-{common['model']}" + (f"-{common['image_size']}px" if common["image_size"] else "")
     console.print(f"peers on {url}: {common['model']}, {trials} trials per arm, runs {args.runs or 'default'}")
     results: dict[str, dict] = {arm: {} for arm in NAMES if arm in chosen}
-    studies, context = {}, None
+    studies, baselines, context = {}, {}, None
     for speedup, seed in runs:
         run_name = f"{speedup:g}x-s{seed:g}"
         budget_ms = None  # set by the run's first study: every arm of a run gets the same budget in ms
         for arm, spec in arms.items():
             if arm not in chosen:
                 continue
-            settings = make_settings(**common, budget_ms=budget_ms, speedup=None if budget_ms else speedup,
+            settings = make_settings(**common, seed=int(seed), budget_ms=budget_ms, speedup=None if budget_ms else speedup,
                                      space=spec["space"], warm_start=spec["warm_start"], trials=spec["trials"])
             sampler = _seeded(spec["sampler"], int(seed))
             study, context, seconds = run_study(f"{prefix}-{run_name}-{arm}" + ("-quick" if quick else ""), url, settings,
@@ -114,10 +116,12 @@ def main(argv=None) -> int:
             results[arm][run_name] = study
             studies[f"{run_name} {arm}"] = study
             budget_ms = budget_ms or study.user_attrs["settings"]["budget_ms"]
+        if context is not None:
+            baselines[run_name] = context.baseline.val.mean
         if "nni" in chosen and context is not None:
             results["nni"][run_name] = nni_study(f"{prefix}-{run_name}-nni" + ("-quick" if quick else ""), url, study,
                                                  context, trials, budget_ms, run=not args.report)
-    console.print(peers_table(results, [f"{s:g}x-s{d:g}" for s, d in runs], context.baseline.val.mean if context else None, trials))
+    console.print(peers_table(results, [f"{s:g}x-s{d:g}" for s, d in runs], baselines, trials))
     console.print(scaling_table([scaling_row(label, s) for label, s in studies.items()], "Where the trials' time went"))
     console.print(f"time taken: {time.perf_counter() - started:.0f} s")
     return 0
@@ -182,18 +186,19 @@ def run_nni(context, peer: optuna.Study, trials: int, budget_ms: float) -> list[
     return rows
 
 
-def peers_table(results: dict[str, dict], runs: list[str], base_dice: float | None, trials: int) -> Table:
+def peers_table(results: dict[str, dict], runs: list[str], baselines: dict[str, float], trials: int) -> Table:
     """One row per arm: the best val Dice within the budget of each run, and the first
-    speedup's mean and spread over its seeds. A cell holds why an arm has no study."""
+    speedup's mean and spread over its seeds; a first row holds each run's baseline
+    (val Dice of the dense model). A cell holds why an arm has no study."""
     first = runs[0].split("-")[0]
     seeds = [run for run in runs if run.startswith(first + "-")]
-    base = f"{base_dice:.3f}" if base_dice is not None else "?"
-    table = Table(title=f"Best val Dice within the budget, {trials} trials per arm (baseline {base}); "
+    table = Table(title=f"Best val Dice within the budget, {trials} trials per arm; "
                         f"runs are speedup-seed; one fine-tune schedule for all")
     table.add_column("arm")
     for run in runs:
         table.add_column(run, justify="right")
     table.add_column(f"{first} mean (spread)", justify="right")
+    table.add_row("dense baseline", *(f"{baselines[run]:.3f}" if run in baselines else "—" for run in runs), "")
     for arm, by_run in results.items():
         cells, scores = [], []
         for run in runs:
