@@ -15,7 +15,7 @@ table shows where the trials' time went (see also ``bench/trials.py``).
 
 Defaults: 64x64 images (60 generated patients), a budget of the dense model's latency over
 90 for ONNX Runtime at 1 thread (``--speedup``; on a 2-core AMD EPYC where the baseline took
-61 ms, 0.7 ms, about what the all-8-channel network took: a fixed 0.7 ms asked only 44x of
+61 ms, 0.7 ms, about what the all-8-channel network took: a fixed 0.7 ms asked only 40x of
 a CPU where it took 28 ms), 40 trials of 20 fine-tune epochs each. Space:
 ``bench/paper-space.toml`` (per-layer keep ratios, 0.02..1 on a log scale), each shape
 projected onto the budget. The warm start is the library's own: the uniform and capped
