@@ -14,6 +14,8 @@ from statistics import median
 import optuna
 from optuna.trial import TrialState
 
+from ..search.settings import SETTINGS_ATTR, Settings
+
 BAND = (0.8, 1.0)  # the fractions of the budget the projection aims between
 
 
@@ -59,5 +61,5 @@ def get_search_info(study: optuna.Study) -> SearchInfo:
         clock=latency.get("clock"), in_band=len(in_band), at_budget=len(at_budget),
         measurements=sum(t.user_attrs.get("measurements", 0) for t in trials),
         model_error_pct=median(errors) if errors else None, predictions=len(errors),
-        balanced=(attrs.get("settings") or {}).get("balance_classes", False),
+        balanced=SETTINGS_ATTR in attrs and Settings.from_dict(attrs[SETTINGS_ATTR]).balance_classes,
     )
