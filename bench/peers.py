@@ -25,7 +25,8 @@ README's peers section), so the spread covers both.
 
     python bench/peers.py                                       # unet, 96 px: 30x (3 seeds), 10x, 100x
     python bench/peers.py --runs 30:0 --arms ours,random        # one part; the studies resume
-    python bench/peers.py --model unet-paper --image-size 64 --runs 300:0 --trials 40
+    python bench/peers.py --model unet-paper --image-size 64 --space bench/paper-space.toml \
+        --epochs 20 --trials 40 --warm-start 3 --runs 90:0 --arms uniform,random,cold   # bench/paper.py's settings
     python bench/peers.py --quick                               # unet-tiny, smoke data, 3 trials per arm
 """
 
@@ -70,6 +71,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, help="trials per arm and run (default 30; 3 with --quick)")
     parser.add_argument("--runs", help="SPEEDUP:SEED,... (default 30:0,30:1,30:2,10:0,100:0; 1:0 with --quick: a tiny net has little to remove)")
     parser.add_argument("--space", default="per-layer", help="space of arms (b)-(d): a preset or .toml file")
+    parser.add_argument("--warm-start", type=int, help="warm-start shapes of arms (b) and (c) (default 4; 1 with --quick)")
     parser.add_argument("--arms", default="uniform,random,ours,cold,nni", help="comma-separated subset of the arms")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: unet-tiny, smoke data, 3 trials per arm")
     return parser.parse_args(argv)
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
         f"sqlite:///{tempfile.mkdtemp(prefix='peers-quick-')}/studies.db" if quick else "sqlite:///studies/bench.db")
     trials = args.trials or (3 if quick else 30)
     runs = [tuple(float(x) for x in run.split(":")) for run in (args.runs or ("1:0" if quick else "30:0,30:1,30:2,10:0,100:0")).split(",")]
-    warm = 1 if quick else 4
+    warm = args.warm_start or (1 if quick else 4)
     arms = {
         "uniform": dict(space="uniform", warm_start=1, trials=1, sampler=make_sampler),
         "random": dict(space=args.space, warm_start=warm, trials=trials, sampler=optuna.samplers.RandomSampler),
