@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..units import ms
 from .best import best_within, within_budget
+from .quota import COUNTED, counting, is_repeat
 
 
 class LiveView:
@@ -73,13 +74,16 @@ class LiveView:
         table.add_row("best feasible", self._best_text())
         tuned = self._count(lambda t: t.state == TrialState.COMPLETE and t.user_attrs.get("finetuned") is True)
         within = self._count(lambda t: within_budget(t, self.budget_ms))
-        complete = self._count(lambda t: t.state == TrialState.COMPLETE)
-        pruned = self._count(lambda t: t.state == TrialState.PRUNED)
+        slow = self._count(lambda t: t.state == TrialState.COMPLETE and t.user_attrs.get("finetuned") is False
+                           and not is_repeat(t))
+        pruned = self._count(lambda t: t.state == TrialState.PRUNED and not is_repeat(t))
+        repeats = self._count(lambda t: t.state in COUNTED and is_repeat(t))
         failed = self._count(lambda t: t.state == TrialState.FAIL)
+        counted = counting([t for t in self.trials.values() if t.state in COUNTED], self.limit)
         total = f"/{self.limit}" if self.limit else ""
-        table.add_row("trials", f"{complete + pruned}{total}: {tuned} fine-tuned ({within} within budget), "
-                                f"{complete - tuned} too slow to fine-tune, {pruned} stopped early, {failed} failed")
-        table.add_row("time", self._time_text(complete + pruned))
+        table.add_row("trials", f"{counted}{total}: {tuned} fine-tuned ({within} within budget), {slow} too slow to "
+                                f"fine-tune, {pruned} stopped early, {repeats} repeated a fine-tuned network, {failed} failed")
+        table.add_row("time", self._time_text(counted))
         return table
 
     def _best_text(self) -> str:

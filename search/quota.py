@@ -8,6 +8,11 @@ the refused trial is stored FAIL with the user attribute ``surplus`` True and ne
 counts. As an Optuna callback the quota stops ``study.optimize`` once the study has its
 trials, or when this worker's trial was refused; :meth:`still_short` then tells whether
 trials running elsewhere failed meanwhile, so the worker is needed after all.
+
+A *repeat* (user attribute ``repeat_of``: its shape projected onto a network an earlier
+trial fine-tuned, whose outcome it took without fine-tuning) is free: it does not count,
+up to as many repeats as the study has trials, so a space that keeps returning one
+network still ends.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .storage import HEARTBEAT_SECONDS
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that count towards the study's total
 SURPLUS_ATTR = "surplus"
+REPEAT_ATTR = "repeat_of"
 
 
 class SurplusTrial(Exception):
@@ -32,6 +38,18 @@ class SurplusTrial(Exception):
 def is_surplus(trial: FrozenTrial) -> bool:
     """Whether ``trial`` was refused as surplus (it failed without counting, nothing broke)."""
     return trial.user_attrs.get(SURPLUS_ATTR) is True
+
+
+def is_repeat(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` took an earlier trial's outcome instead of fine-tuning the same network."""
+    return isinstance(trial.user_attrs.get(REPEAT_ATTR), int)
+
+
+def counting(trials: list[FrozenTrial], limit: int | None) -> int:
+    """How many of ``trials`` count towards a study of ``limit`` trials: all but the
+    repeats, of which only those beyond ``limit`` count."""
+    repeats = sum(is_repeat(t) for t in trials)
+    return len(trials) - min(repeats, limit or 0)
 
 
 class TrialQuota:
@@ -44,8 +62,8 @@ class TrialQuota:
         self.refused = False  # this worker's last trial was refused since the last optimize call
 
     def counted(self) -> int:
-        """Trials that count towards the total (complete or pruned)."""
-        return len(self.study.get_trials(deepcopy=False, states=COUNTED))
+        """Trials that count towards the total (complete or pruned; see :func:`counting`)."""
+        return counting(self.study.get_trials(deepcopy=False, states=COUNTED), self.settings.trials)
 
     def done(self) -> bool:
         """The study has its trials, or its time is up."""
@@ -66,7 +84,7 @@ class TrialQuota:
         if limit is None:
             return
         earlier = self.study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING, TrialState.WAITING))
-        if sum(t.number < trial.number for t in earlier) >= limit:
+        if counting([t for t in earlier if t.number < trial.number], limit) >= limit:
             trial.set_user_attr(SURPLUS_ATTR, True)
             trial.set_user_attr("fail_reason", "surplus: the study already had its trials when this one started")
             raise SurplusTrial(f"trial {trial.number} is surplus")

@@ -21,12 +21,15 @@ from .latency import LatencyStats, TargetUnavailable, batched, clear_of, measure
 from .onnx_io import ort_labels
 from .projection import CostModel, LatencyCache, LatencyModel, chosen, project
 from .quantize import calibration_slices, int8_onnx, reduce_range_for
-from .quota import SurplusTrial, TrialQuota
+from .quota import COUNTED, REPEAT_ATTR, SurplusTrial, TrialQuota
 from .settings import Settings
 from .storage import artifact_store, is_storage_failure
 from .study import Context, study_reference
 from .train import Scores, evaluate, split_scores, train
 from .weights import upload_state_dict
+
+# What a repeat takes from the trial that fine-tuned its network (besides the value).
+REPEATED_ATTRS = ("dice", "dice_per_class", "dice_by_epoch", "dice_fp32", "lr", "device", "weights_artifact")
 
 
 class TrialRunner:
@@ -54,6 +57,12 @@ class TrialRunner:
     fraction of the budget instead (the report's trade-off); it reports no intermediate
     Dice, so the pruner compares only trials at the budget. A shape whose narrowest
     network is still over its goal is scored without fine-tuning.
+
+    A shape that projects onto a network an earlier finished trial fine-tuned (same
+    channels, method, importance and precision) is a *repeat*: it stores ``repeat_of``
+    (that trial's number) and ``finetuned`` False, takes that trial's outcome (its value
+    and :data:`REPEATED_ATTRS`, or its pruning) without fine-tuning, and is free in the
+    study's trial count (:mod:`.quota`).
     """
 
     def __init__(self, context: Context, study: optuna.Study, storage_url: str, quota: TrialQuota, on_phase=None):
@@ -99,7 +108,11 @@ class TrialRunner:
         over_budget = stats.median_ms - ctx.settings.budget_ms
         trial.set_constraint("latency", over_budget)
         trial.set_user_attr("feasible", over_budget <= 0)
-        trial.set_user_attr("finetuned", within)
+        earlier = self._fine_tuned_before(trial) if within else None
+        trial.set_user_attr("finetuned", within and earlier is None)
+        if earlier is not None:
+            self.on_phase(trial, f"repeats the network of trial {earlier.number}: takes its Dice, no fine-tune")
+            return repeat(trial, earlier, report=fraction == 1.0)
         scores = self._finetune(trial, net, report=fraction == 1.0) if within else self._evaluate(trial, net)
         if precision == "int8":
             trial.set_user_attr("dice_fp32", scores.mean)
@@ -107,6 +120,12 @@ class TrialRunner:
         trial.set_user_attr("dice", scores.mean)
         trial.set_user_attr("dice_per_class", scores.per_class)
         return scores.mean
+
+    def _fine_tuned_before(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+        """The earliest finished trial that fine-tuned the network ``trial`` projected onto, or None."""
+        key = network_key(trial.user_attrs)
+        finished = self.study.get_trials(deepcopy=False, states=COUNTED)
+        return next((t for t in finished if t.user_attrs.get("finetuned") is True and network_key(t.user_attrs) == key), None)
 
     def _precision(self, trial: optuna.Trial) -> str:
         """The trial's deployed precision: sampled when the study allows several."""
@@ -227,6 +246,30 @@ class TrialRunner:
     def _upload_weights(self, trial: optuna.Trial, net: torch.nn.Module) -> None:
         """Store the fine-tuned state dict as an Optuna artifact of the trial."""
         trial.set_user_attr("weights_artifact", upload_state_dict(self.store, trial, net, f"trial-{trial.number}.pt"))
+
+
+def repeat(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial, report: bool) -> float:
+    """``earlier``'s outcome for ``trial``, which projected onto the network ``earlier``
+    fine-tuned: its value, or :class:`optuna.TrialPruned` (after its last intermediate
+    Dice when ``report``) when it was stopped early. Stores ``repeat_of`` and :data:`REPEATED_ATTRS`."""
+    trial.set_user_attr(REPEAT_ATTR, earlier.number)
+    for key in REPEATED_ATTRS:
+        if key in earlier.user_attrs:
+            trial.set_user_attr(key, earlier.user_attrs[key])
+    if earlier.state == optuna.trial.TrialState.PRUNED:
+        if report and earlier.intermediate_values:
+            step = max(earlier.intermediate_values)
+            trial.report(earlier.intermediate_values[step], step)
+        raise optuna.TrialPruned(f"repeats the network of trial {earlier.number}, which was stopped early")
+    return earlier.value
+
+
+def network_key(attrs: dict) -> tuple:
+    """What identifies a trial's network, from its user attributes: channels per layer
+    group, pruning method and importance, deployed precision."""
+    recipe = attrs.get("recipe") or {}
+    channels = attrs.get("channels") or {}
+    return (tuple(sorted(channels.items())), recipe.get("method"), recipe.get("importance"), attrs.get("precision"))
 
 
 def normalised(recipe: Recipe) -> Recipe:

@@ -18,6 +18,7 @@ from conftest import FLOW, run_cli
 from PIL import Image
 
 from autosculpt.search.data import load_data
+from autosculpt.search.quota import COUNTED, is_repeat
 from autosculpt.search.train import finetune_lr
 from autosculpt.search.verdict import EXIT_VERDICT_FAILED
 
@@ -25,8 +26,10 @@ SMOKE = ("--preset", "smoke")
 
 
 def counted(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count towards the study's total: complete or pruned, not repeats
+    (these tests ask for fewer trials than a study's free repeats)."""
     study = optuna.load_study(study_name=name, storage=url)
-    return [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    return [t for t in study.get_trials(states=COUNTED) if not is_repeat(t)]
 
 
 def test_search_resume_export_predict(tmp_path):
@@ -70,7 +73,7 @@ def test_search_resume_export_predict(tmp_path):
     assert "Per patient (test volumes)" in (out / "report.html").read_text() and sorted(test_patients)[0] in (out / "report.html").read_text()
 
     done = run_cli("trials", "flow", "--storage", url, "--format", "json")
-    assert len([row for row in json.loads(done.stdout) if row["state"] in ("COMPLETE", "PRUNED")]) == 5
+    assert len([row for row in json.loads(done.stdout) if row["state"] in ("COMPLETE", "PRUNED") and row["repeat_of"] is None]) == 5
     finetuned = [t for t in counted(url, "flow") if t.user_attrs.get("finetuned")]
     assert all(t.user_attrs["time_finetune_s"] > 0 for t in finetuned)  # pruned ones too: the benches count it
     assert all(t.user_attrs["lr"] == pytest.approx(finetune_lr(t.user_attrs["param_ratio"]), rel=1e-3) for t in finetuned)

@@ -21,7 +21,7 @@ from conftest import POSTGRES_ENV
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
-from autosculpt.search.quota import COUNTED
+from autosculpt.search.quota import COUNTED, counting
 
 SMOKE = ("--preset", "smoke", "--budget-ms", "50")  # every candidate is within 50 ms: all are fine-tuned
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -156,12 +156,13 @@ def study_created(process: Background, name: str) -> bool:
 
 
 def assert_exact_and_whole(reader: Reader, name: str, trials: int, artifacts: Path) -> list[FrozenTrial]:
-    """The study has exactly ``trials`` counted trials, unique numbers, nothing left running,
-    and every COMPLETE trial has its value, figures and (fine-tuned) stored weights."""
+    """The study has exactly ``trials`` counted trials (repeats free, as the quota counts),
+    unique numbers, nothing left running, and every COMPLETE trial has its value, figures
+    and (fine-tuned) stored weights."""
     everything = reader.trials(name)
     numbers = [t.number for t in everything]
     assert sorted(numbers) == list(range(len(everything))), f"duplicate or missing trial numbers: {numbers}"
-    assert len([t for t in everything if t.state in COUNTED]) == trials
+    assert counting([t for t in everything if t.state in COUNTED], trials) == trials
     assert not [t.number for t in everything if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     for trial in everything:
         if trial.state != TrialState.COMPLETE:

@@ -8,7 +8,7 @@ from ._common import add_command, add_storage_option, print_rows
 
 EXAMPLES = ["autosculpt trials unet-20ms-20261125-011200", "autosculpt trials paper-5ms --format csv > trials.csv"]
 
-COLUMNS = ("dice", "latency_ms", "latency_p90_ms", "params", "param_ratio", "mac_ratio", "feasible", "finetuned")
+COLUMNS = ("dice", "latency_ms", "latency_p90_ms", "params", "param_ratio", "mac_ratio", "feasible", "finetuned", "repeat_of")
 
 
 def register(subparsers) -> None:
