@@ -151,7 +151,8 @@ def _chosen_trial(rows: list[TrialRow], ranked: list[TrialRow], export: dict) ->
 
 
 def _get_pareto_info(rows: list[TrialRow], budget: float | None, highlight: int | None) -> ParetoInfo:
-    complete = [r for r in rows if r.state == "complete" and r.dice is not None and r.latency_ms is not None]
+    complete = [r for r in rows if r.state == "complete" and r.dice is not None and r.latency_ms is not None
+                and r.repeat_of is None]
     feasible = [r for r in complete if r.candidate]
     front = _pareto_front(feasible)
     numbers = {r.number for r in front}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from optuna.trial import FrozenTrial, TrialState
 
 from ..search.best import meets_budget, within_budget
+from ..search.quota import REPEAT_ATTR
 from ._values import as_dict, finite, finite_dict, integer, last
 
 # Trial phases whose seconds the search stores as ``time_<phase>_s`` user attributes.
@@ -41,7 +42,8 @@ class TrialRow(ModelFigures):
     when unmeasured); ``candidate`` whether it may be the answer (complete, fine-tuned
     and within budget): both by the one rule of :mod:`autosculpt.search.best`.
     ``precision`` is the deployed precision it was measured and scored at (fp32 before
-    ``search --precision`` existed). ``times`` maps each of :data:`PHASES` plus ``other`` (wall time not in a phase) to seconds.
+    ``search --precision`` existed). ``repeat_of`` is the trial whose network (and
+    outcome) it repeated without fine-tuning, if any. ``times`` maps each of :data:`PHASES` plus ``other`` (wall time not in a phase) to seconds.
     """
 
     number: int
@@ -55,6 +57,7 @@ class TrialRow(ModelFigures):
     channels: dict[str, int]
     note: str
     precision: str
+    repeat_of: int | None
 
 
 def get_trial_row(trial: FrozenTrial, budget_ms: float) -> TrialRow:
@@ -63,6 +66,8 @@ def get_trial_row(trial: FrozenTrial, budget_ms: float) -> TrialRow:
     complete = trial.state == TrialState.COMPLETE and trial.values is not None
     dice = trial.values[0] if complete else last(attrs.get("dice_by_epoch"))
     latency = finite(attrs.get("latency_ms"))
+    repeat_of = integer(attrs.get(REPEAT_ATTR))
+    repeated = f"repeats the network of trial {repeat_of}: took its Dice without fine-tuning"
     return TrialRow(
         number=trial.number,
         state=STATES.get(trial.state, trial.state.name.lower()),
@@ -79,8 +84,9 @@ def get_trial_row(trial: FrozenTrial, budget_ms: float) -> TrialRow:
         times=_times(trial),
         keep={_layer_of(k): float(v) for k, v in trial.params.items() if _layer_of(k) and finite(v) is not None},
         channels={str(k): int(v) for k, v in as_dict(attrs.get("channels")).items() if integer(v) is not None},
-        note=str(attrs.get("fail_reason") or ""),
+        note=str(attrs.get("fail_reason") or (repeated if repeat_of is not None else "")),
         precision=str(attrs.get("precision") or "fp32"),
+        repeat_of=repeat_of,
     )
 
 

@@ -65,6 +65,19 @@ def test_normal_study_compares_the_exported_trial_with_the_baseline(big):
     assert data.counts["running"] == 1 and sum(data.counts[s] for s in fx.KINDS[2:] + ("complete",)) == 201
 
 
+def test_a_repeat_is_noted_in_the_table_and_not_drawn_twice(tmp_path):
+    study = new_study(tmp_path)
+    fx.add_trials(study, ["feasible"] * 3)
+    first = best_feasible(study)
+    study.add_trial(create_trial(value=first.value, params=first.params, distributions=first.distributions,
+                                 user_attrs={**first.user_attrs, "finetuned": False, "repeat_of": first.number}))
+    data = get_report_data(study)
+    drawn = [r.number for r in data.pareto.front + data.pareto.dominated + data.pareto.infeasible]
+    assert sorted(drawn) == [0, 1, 2]
+    repeat = next(r for r in data.trials if r.number == 3)
+    assert repeat.repeat_of == first.number and repeat.note.startswith(f"repeats the network of trial {first.number}")
+
+
 def test_pareto_front_is_feasible_and_non_dominated(big):
     pareto = get_report_data(big).pareto
     assert pareto.front and pareto.infeasible and pareto.highlight == big.user_attrs["export"]["trial"]
