@@ -26,6 +26,7 @@ from autosculpt.errors import UserError
 from autosculpt.search.best import ranked_within
 from autosculpt.search.latency import LatencyStats, Target, measure_onnx
 from autosculpt.search.onnx_io import to_onnx
+from autosculpt.search.quota import is_repeat
 from autosculpt.search.runner import make_sampler, run_worker
 from autosculpt.search.settings import SETTINGS_ATTR, Settings, with_preset
 from autosculpt.search.storage import load_study, open_storage
@@ -159,23 +160,28 @@ def onnx_of(net: torch.nn.Module, context: Context) -> bytes:
 def scaling_row(label: str, study: optuna.Study) -> dict:
     """Where a study's trial time went: per-trial medians, shares of the phases, rejections.
 
-    A trial's time is its wall clock (start to finish). Rejected = over budget, so never
-    fine-tuned; the saving is rejected count x the median fine-tune of the tuned trials.
+    A trial's time is its wall clock (start to finish). ``trials`` leaves out the repeats
+    (they projected onto a network an earlier trial fine-tuned and took its Dice; free in
+    the study's count), but their time counts. Rejected = over budget, so never fine-tuned;
+    the saving is (rejected + repeats) x the median fine-tune of the tuned trials.
     """
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
             if t.datetime_start and t.datetime_complete]
-    walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
+    counted = [t for t in done if not is_repeat(t)]
+    wall = {t.number: (t.datetime_complete - t.datetime_start).total_seconds() for t in done}
     phase = {key: sum(t.user_attrs.get(key, 0.0) for t in done) for key in ("time_measure_s", "time_finetune_s", "time_eval_s")}
-    total = sum(walls) or math.nan
-    rejected = [t for t in done if t.user_attrs.get("finetuned") is False]
+    total = sum(wall.values()) or math.nan
+    rejected = [t for t in counted if t.user_attrs.get("finetuned") is False]
+    repeats = len(done) - len(counted)
     finetunes = [t.user_attrs["time_finetune_s"] for t in done if "time_finetune_s" in t.user_attrs]
     median_finetune = statistics.median(finetunes) if finetunes else math.nan
     return {
-        "label": label, "trials": len(done), "median_s": statistics.median(walls) if walls else math.nan,
-        "per_hour": 3600 * len(done) / total if walls else math.nan,
+        "label": label, "trials": len(counted),
+        "median_s": statistics.median(wall[t.number] for t in counted) if counted else math.nan,
+        "per_hour": 3600 * len(counted) / total if counted else math.nan,
         "measure": phase["time_measure_s"] / total, "finetune": phase["time_finetune_s"] / total,
-        "eval": phase["time_eval_s"] / total, "rejected": len(rejected),
-        "median_finetune_s": median_finetune, "saved_s": len(rejected) * median_finetune,
+        "eval": phase["time_eval_s"] / total, "rejected": len(rejected), "repeats": repeats,
+        "median_finetune_s": median_finetune, "saved_s": (len(rejected) + repeats) * median_finetune,
     }
 
 
@@ -185,12 +191,12 @@ def scaling_table(rows: Sequence[dict], title: str):
 
     table = Table(title=title)
     for column in ("study", "trials", "s / trial (median)", "trials / hour", "measure", "fine-tune", "eval", "other",
-                   "rejected before training", "median fine-tune s", "saved (est.)"):
+                   "rejected before training", "repeats", "median fine-tune s", "saved (est.)"):
         table.add_column(column, justify="left" if column == "study" else "right")
     for r in rows:
         other = 1 - r["measure"] - r["finetune"] - r["eval"]
         table.add_row(r["label"], str(r["trials"]), f"{r['median_s']:.1f}", f"{r['per_hour']:.0f}",
                       f"{r['measure']:.0%}", f"{r['finetune']:.0%}", f"{r['eval']:.0%}", f"{other:.0%}",
-                      f"{r['rejected']}/{r['trials']} ({r['rejected'] / max(r['trials'], 1):.0%})",
+                      f"{r['rejected']}/{r['trials']} ({r['rejected'] / max(r['trials'], 1):.0%})", str(r["repeats"]),
                       f"{r['median_finetune_s']:.1f}", f"{r['saved_s'] / 60:.1f} min")
     return table
