@@ -43,7 +43,8 @@ class TrialRow(ModelFigures):
     and within budget): both by the one rule of :mod:`autosculpt.search.best`.
     ``precision`` is the deployed precision it was measured and scored at (fp32 before
     ``search --precision`` existed). ``repeat_of`` is the trial whose network (and
-    outcome) it repeated without fine-tuning, if any. ``times`` maps each of :data:`PHASES` plus ``other`` (wall time not in a phase) to seconds.
+    outcome) it repeated without fine-tuning, if any. ``times`` maps each of
+    :data:`PHASES` plus ``other`` (wall time not in a phase) to seconds.
     """
 
     number: int
