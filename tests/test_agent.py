@@ -235,7 +235,9 @@ def test_connections_beyond_the_cap_are_503_at_once(agent, token):
     try:
         started = time.monotonic()
         assert request(agent, "GET", "/info")[0] == 503
-        assert time.monotonic() - started < 1
+        # At once: a queued connection would wait for a slot the idle ones hold until the end of
+        # this test (or 30 s of stalling); 1 s proved too tight under CI's load on a slow 2-core VM.
+        assert time.monotonic() - started < 5
         with pytest.raises(TargetUnavailable, match="busy"):
             agent_info(agent)
     finally:
