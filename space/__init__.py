@@ -5,12 +5,13 @@
 - the search space (:class:`SearchSpace`, TOML presets ``per-layer``, ``per-stage``,
   ``uniform``) whose trials sample :class:`Recipe` objects, and the study's
   :func:`warm_start` (the uniform and capped shapes every study tries first);
-- structural pruning over Torch-Pruning: :func:`layer_groups`, :func:`channel_plan`,
+- structural pruning over Torch-Pruning: :func:`survey_groups` (what prunes, what is
+  kept whole), :func:`layer_groups`, :func:`channel_plan`,
   :func:`apply_recipe`, :func:`rebuild`, and cheap size :func:`figures`.
 """
 
 from ._figures import Figures, figures
-from ._prune import apply_recipe, layer_groups, rebuild
+from ._prune import GroupSurvey, apply_recipe, layer_groups, rebuild, survey_groups
 from ._recipe import LayerGroup, Recipe, channel_plan
 from ._space import SearchSpace
 from ._warm import warm_start
@@ -20,6 +21,7 @@ from .unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, ro
 __all__ = [
     "PRESETS",
     "Figures",
+    "GroupSurvey",
     "LayerGroup",
     "Recipe",
     "SearchSpace",
@@ -35,5 +37,6 @@ __all__ = [
     "preset_config",
     "rebuild",
     "round_channels",
+    "survey_groups",
     "warm_start",
 ]

@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
-from ._errors import brief
-from ._recipe import LayerGroup, Recipe, channel_plan, without_ignored
+from ._errors import brief, shorten
+from ._recipe import LayerGroup, Recipe, channel_plan, is_ignored, without_ignored
 from ._tp_patch import UntracedConcatInput, decouple_broadcasts, recording_shapes
 
 _ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
@@ -37,24 +37,63 @@ _IMPORTANCE = {
 _SCALE_SEED = 0
 
 
-def layer_groups(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str] = ()) -> list[LayerGroup]:
-    """The prunable layer groups of any model, in module order.
+@dataclasses.dataclass(frozen=True)
+class GroupSurvey:
+    """What of a model can be pruned: its prunable layer groups, and those kept whole.
+
+    ``kept_whole`` maps each group that cannot lose channels safely to why (the error a
+    pruned copy raised, or how its outputs changed); a recipe must carry these names in
+    its ``ignore`` (:attr:`ignore`) so that :func:`apply_recipe` leaves them whole.
+    """
+
+    groups: list[LayerGroup]
+    kept_whole: dict[str, str]
+
+    def ignore(self, ignore: Sequence[str] = ()) -> tuple[str, ...]:
+        """``ignore`` plus the names of the groups kept whole."""
+        return tuple(ignore) + tuple(name for name in self.kept_whole if not is_ignored(name, ignore))
+
+    def describe(self, most: int = 6) -> str:
+        """One line: "kept whole: N groups: a, b, ... because pruning them breaks the model (...)"."""
+        if not self.kept_whole:
+            return "kept whole: no layer group"
+        names = list(self.kept_whole)
+        shown = ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+        reasons = "; ".join(dict.fromkeys(self.kept_whole.values()))
+        plural = "s" if len(names) > 1 else ""
+        return f"kept whole: {len(names)} group{plural}: {shown}, because pruning {'them' if plural else 'it'} " \
+               f"breaks the model ({shorten(reasons, 300)})"
+
+
+def survey_groups(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str] = ()) -> GroupSurvey:
+    """The prunable layer groups of any model, in module order, and those kept whole.
 
     A group whose removal would change the model's output (the logits layer, or anything
     summed into it) is never listed; groups named by ``ignore`` (names or module prefixes)
     are left out. ``model`` is traced with ``example_input``; its weights, BatchNorm
     statistics and train/eval modes are left as they were.
 
-    The groups are then tried on a copy of the model that loses one channel in each (or as
-    many as its GroupNorm has groups): it must run, keep its output shapes and have exactly
-    those channels. A model that cannot be traced or pruned raises :class:`UserError` naming
-    the layer or operation at fault, so the failure comes before any fine-tuning.
+    The groups are then tried on copies of the model that lose one channel in each group (or
+    as many as its GroupNorm has groups): a copy must run, keep its output shapes and have
+    exactly those channels. A group that breaks this alone, or together with the others,
+    is kept whole (:attr:`GroupSurvey.kept_whole`); the rest are searched. A model that
+    cannot be traced, or of which no group can be pruned, raises :class:`UserError`, so the
+    failure comes before any fine-tuning.
     """
     graph = _graph(model, example_input)
     groups = without_ignored(_list_groups(graph), ignore)
     steps = {name: _channel_step(group) for name, _, group in _named_groups(graph)}
-    _check_prunable(model, groups, steps, example_input)
-    return groups
+    kept_whole = _unsafe_groups(model, groups, steps, example_input)
+    survey = GroupSurvey([g for g in groups if g.name not in kept_whole], kept_whole)
+    if groups and not survey.groups:
+        raise UserError(f"nothing in the model can be pruned ({survey.describe()}): report the model to us")
+    return survey
+
+
+def layer_groups(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str] = ()) -> list[LayerGroup]:
+    """The prunable layer groups of :func:`survey_groups`; a recipe for them must also
+    ignore the groups kept whole (:meth:`GroupSurvey.ignore`)."""
+    return survey_groups(model, example_input, ignore).groups
 
 
 def apply_recipe(
@@ -118,9 +157,9 @@ def prune_in_place(
         _backpropagate(model, calibration)
     importance = _IMPORTANCE[recipe.importance]
     kept = {}
-    for name, _, group in _named_groups(graph):
+    for name, root, group in _named_groups(graph):
         if name in plan:
-            kept[name] = _prune_group(group, importance, plan[name])
+            kept[name] = _prune_group(group, importance, plan[name], graph.get_out_channels(root))
     model.zero_grad(set_to_none=True)
     return kept
 
@@ -131,12 +170,15 @@ def _channel_step(group) -> int:
     return math.lcm(1, *(norm.num_groups for norm in norms))
 
 
-def _prune_group(group, importance, keep: int) -> list[int]:
-    """Remove all but the ``keep`` most important channels of ``group``; return the kept ones.
+def _prune_group(group, importance, keep: int, channels: int) -> list[int]:
+    """Remove all but the ``keep`` most important of the ``channels`` of ``group``; return the kept ones.
 
-    A group "bn" cannot score (no BatchNorm, e.g. a transposed convolution's) is ranked by
-    weight magnitude, as the space's documentation of "bn" says.
+    A group that keeps every channel is left as it is, unscored. A group "bn" cannot score
+    (no BatchNorm, e.g. a transposed convolution's) is ranked by weight magnitude, as the
+    space's documentation of "bn" says.
     """
+    if keep >= channels:
+        return list(range(channels))
     scores = importance(group)
     if scores is None:
         scores = _L1(group)
@@ -173,26 +215,34 @@ def _named_groups(graph: tp.DependencyGraph) -> Iterator[tuple[str, nn.Module, o
         yield names[root], root, group
 
 
-def _check_prunable(model: nn.Module, groups: Sequence[LayerGroup], steps: dict[str, int], example_input) -> None:
-    """Raise :class:`UserError` unless ``model`` still works with fewer channels in every group.
+def _unsafe_groups(model: nn.Module, groups: Sequence[LayerGroup], steps: dict[str, int], example_input) -> dict[str, str]:
+    """The groups of ``model`` that cannot lose channels safely, each with why.
 
-    Each group loses one channel, or its ``steps`` (GroupNorm's group count); the pruned copy
-    must run, keep its output shapes and have exactly the planned channels. On failure, the
-    groups are tried one at a time to name the first that breaks the model.
+    Each group loses one channel, or its ``steps`` (GroupNorm's group count); the pruned
+    copy must run, keep its output shapes and have exactly the planned channels. All groups
+    are tried together first (the common case: one trace); on failure each alone, then the
+    survivors are added one by one, so a group that breaks only beside others is found too.
     """
     channels = {g.name: g.channels for g in groups}
     fewer = {name: n - steps[name] for name, n in channels.items() if n > steps[name]}
     with _eval_mode(model), torch.no_grad():
         expected = _call(model, example_input)
-    together = _breaks(model, fewer, channels, example_input, expected)
-    if together is None:
-        return
-    for name, keep in fewer.items():
-        error = _breaks(model, {name: keep}, channels, example_input, expected)
-        if error is not None:
-            message = f"pruning layer group {name} breaks the model ({error})"
-            raise UserError(f"{message}: add {name!r} to the search space's ignore list to keep it whole")
-    raise UserError(f"pruning all layer groups together breaks the model ({together}): report the model to us")
+
+    def breaks(keep: dict[str, int]) -> str | None:
+        return _breaks(model, keep, channels, example_input, expected)
+
+    if breaks(fewer) is None:
+        return {}
+    unsafe = {name: error for name, keep in fewer.items() if (error := breaks({name: keep})) is not None}
+    safe = {name: keep for name, keep in fewer.items() if name not in unsafe}
+    if safe and breaks(safe) is not None:
+        safe = {}
+        for name, keep in fewer.items():
+            if name not in unsafe and (error := breaks({**safe, name: keep})) is None:
+                safe[name] = keep
+            elif name not in unsafe:
+                unsafe[name] = f"together with others: {error}"
+    return {name: unsafe[name] for name in channels if name in unsafe}
 
 
 def _breaks(model: nn.Module, keep: dict[str, int], channels: dict[str, int], example_input, expected) -> str | None:
@@ -247,12 +297,47 @@ class _ForwardFailed(Exception):
     """The model itself raised while being traced."""
 
 
-def _traced_call(model: nn.Module, example_input: torch.Tensor):
-    """:func:`_call`, with the model's own errors told apart from Torch-Pruning's."""
+def _traced_call(model: nn.Module, example_input: torch.Tensor) -> tuple:
+    """:func:`_call`'s outputs, then those of layers whose results the model computes and drops.
+
+    A layer the forward calls but whose output reaches no output (UNet++'s deep-supervision
+    heads when it returns one map) is invisible to a trace that starts from the outputs:
+    its input channels would not follow their producer's. Returning what it computed makes
+    it part of the graph, as a head. The model's own errors are told apart from Torch-Pruning's.
+    """
+    computed = []
+    leaves = [module for module in model.modules() if next(module.children(), None) is None]
+    hooks = [leaf.register_forward_hook(lambda _, __, out: computed.append(out)) for leaf in leaves]
     try:
-        return _call(model, example_input)
+        outputs = _call(model, example_input)
     except Exception as err:
         raise _ForwardFailed from err
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return outputs, *_dropped(tp.utils.flatten_as_list(outputs), computed)
+
+
+def _dropped(outputs: list, computed: list) -> list[torch.Tensor]:
+    """The last tensors of ``computed`` (in call order) from which no tensor of ``outputs`` derives."""
+    reached = _ancestors(t.grad_fn for t in outputs if isinstance(t, torch.Tensor))
+    dropped = []
+    for tensor in reversed(computed):
+        if isinstance(tensor, torch.Tensor) and tensor.grad_fn is not None and tensor.grad_fn not in reached:
+            dropped.append(tensor)
+            reached |= _ancestors([tensor.grad_fn])
+    return dropped
+
+
+def _ancestors(nodes) -> set:
+    """Every autograd node the given ones were computed from, themselves included."""
+    seen, stack = set(), [node for node in nodes if node is not None]
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(parent for parent, _ in node.next_functions if parent is not None)
+    return seen
 
 
 def _call(model: nn.Module, example_input: torch.Tensor):

@@ -1,4 +1,4 @@
-"""Two small repairs of Torch-Pruning 1.6.1's traced graph, from tensor shapes seen while tracing.
+"""Small repairs of Torch-Pruning 1.6.1's traced graph, from what is seen while tracing.
 
 1. Channel counts at concatenations (VainF/Torch-Pruning#387). Torch-Pruning maps channel
    indices through a ``torch.cat`` once it knows how many channels each input contributes.
@@ -11,10 +11,25 @@
    hands them to Torch-Pruning as the concat's ``concat_sizes``, the field its own code reads
    first when set and keeps up to date while channels are pruned. A concatenation along
    another dimension couples its inputs' channels one to one: it gets no index mapping.
+   Only image tensors (4-D or 5-D) count as joined along channels at dimension 1; for a
+   3-D tensor that is a transformer's token dimension. Torch-Pruning also switches index
+   mapping off at every concatenation computed from a 3-D parameter (its special case for
+   a ViT's class token): in MONAI's ``UNETR`` every skip concatenation of the decoder, whose
+   inputs had lost their offsets and were pruned as one. A concatenation of image tensors
+   along channels keeps its mapping on.
 2. Broadcasts. Torch-Pruning couples the channels of every input of an element-wise
    operation; ``x * gate`` with a one-channel ``gate`` (MONAI's ``AttentionUnet``) would then
    prune the gate's single channel along with ``x``'s. Repair: :func:`decouple_broadcasts`
    cuts the dependencies between such an operation and its inputs broadcast along channels.
+
+3. In-place additions to a view. ``out += residual`` (nnU-Net's residual blocks, MONAI's
+   ``UnetResBlock``) adds in place to a norm's output. An ``InstanceNorm``'s output is a
+   view (of its batch-norm reshape), and autograd rebases an in-place change of a view onto
+   a copy of its base: the node Torch-Pruning recorded for the norm drops out of the graph,
+   and the norm keeps its full width when its channels go ("expected input's size at dim=1
+   to match num_features"). Repair: while tracing, a module's output that is a view is
+   replaced by a copy, so in-place changes land after the recorded node, as they do for a
+   BatchNorm's output. Only the trace sees the copies; the model is unchanged.
 
 While :func:`recording_shapes` is active, each such operation notes what it saw in its
 autograd node (``grad_fn.metadata``); graphs traced without it are left to Torch-Pruning
@@ -59,7 +74,7 @@ class _Concat:
     """One concatenation seen while tracing: its inputs' sizes along the joined dimension."""
 
     sizes: tuple[int, ...]
-    channels: bool  # joined along dimension 1
+    channels: bool  # image tensors (4-D or 5-D) joined along dimension 1
     where: str  # file:line of the call, for messages
 
 
@@ -82,9 +97,24 @@ class _Recorder(TorchFunctionMode):
 
 @contextlib.contextmanager
 def recording_shapes():
-    """Within the block, concatenations and broadcasts record what the repairs need."""
-    with _Recorder():
-        yield
+    """Within the block, concatenations and broadcasts record what the repairs need, and
+    modules' outputs that are views are copies."""
+    handle = torch.nn.modules.module.register_module_forward_hook(_copy_view)
+    try:
+        with _Recorder():
+            yield
+    finally:
+        handle.remove()
+
+
+def _copy_view(module, args, output):
+    """A copy of ``output`` when it is a view that requires grad; None (keep it) otherwise.
+
+    Global forward hooks run before a module's own, so Torch-Pruning records the copy.
+    """
+    if isinstance(output, torch.Tensor) and output._is_view() and output.requires_grad:
+        return output.clone()
+    return None
 
 
 def decouple_broadcasts(graph: tp.DependencyGraph) -> None:
@@ -128,6 +158,7 @@ def install() -> None:
             raise UntracedConcatInput(f"torch.cat at {seen.where} joins, along channels, a tensor no layer produced")
         if cat_node.module.concat_sizes is None:
             cat_node.module.concat_sizes = list(seen.sizes)
+        cat_node.enable_index_mapping = True
         return original(graph, cat_node)
 
     update_concat_index_mapping.original = original
@@ -140,7 +171,7 @@ def _note_concat(out: torch.Tensor, args: tuple, kwargs: dict) -> None:
     if isinstance(dim, int):
         dim %= out.dim()
         sizes = tuple(t.shape[dim] for t in tensors)
-        out.grad_fn.metadata[_CONCAT_KEY] = _Concat(sizes, dim == 1, _caller())
+        out.grad_fn.metadata[_CONCAT_KEY] = _Concat(sizes, dim == 1 and out.dim() >= 4, _caller())
 
 
 def _broadcast_on_channels(t, out: torch.Tensor) -> bool:

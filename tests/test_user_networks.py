@@ -8,7 +8,9 @@ the plan predicts, rebuild from its state dict and run the same in ONNX Runtime.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.metadata
+import re
 
 import numpy as np
 import pytest
@@ -29,6 +31,7 @@ from autosculpt.space import (
     layer_groups,
     load_user_model,
     rebuild,
+    survey_groups,
 )
 from autosculpt.space import _tp_patch
 from autosculpt.space._prune import _graph, _named_groups, prune_in_place
@@ -70,15 +73,68 @@ def plain_conv_unet(scale: float, deep_supervision: bool = False) -> nn.Module:
     )
 
 
-# name: (network at a width scale, channel rounding its norms need)
+def residual_encoder_unet(scale: float, deep_supervision: bool = False) -> nn.Module:
+    """nnU-Net's recommended ResEnc network in 2D: residual blocks (1, 2, 2, 2), InstanceNorm, a stem."""
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    return first_output(unet.ResidualEncoderUNet)(
+        1, 4, tuple(int(f * scale) for f in (8, 16, 32, 64)), nn.Conv2d, 3, (1, 2, 2, 2), (1, 2, 2, 2), CLASSES,
+        (1, 1, 1), True, nn.InstanceNorm2d, {"eps": 1e-5, "affine": True}, None, None, nn.LeakyReLU,
+        {"inplace": True}, deep_supervision=deep_supervision,
+    )
+
+
+def dynunet_residual(scale: float) -> nn.Module:
+    nets = pytest.importorskip("monai.networks.nets")
+    filters = [int(f * scale) for f in (16, 32, 64, 128)]
+    return nets.DynUNet(2, 1, CLASSES, kernel_size=[3] * 4, strides=[1, 2, 2, 2], upsample_kernel_size=[2] * 3,
+                        filters=filters, res_block=True)
+
+
+def unet_plus_plus(scale: float, deep_supervision: bool = False) -> nn.Module:
+    """MONAI's UNet++: nested, densely concatenated skips; every head runs, one is returned without deep supervision."""
+    nets = pytest.importorskip("monai.networks.nets")
+    features = tuple(int(f * scale) for f in (16, 16, 32, 64, 128, 16))
+    return first_output(nets.BasicUNetPlusPlus)(spatial_dims=2, in_channels=1, out_channels=CLASSES,
+                                                features=features, deep_supervision=deep_supervision)
+
+
+def unetr(scale: float) -> nn.Module:
+    """MONAI's UNETR in 2D: a ViT encoder (hidden size and heads fixed), a convolutional decoder."""
+    nets = pytest.importorskip("monai.networks.nets")
+    return nets.UNETR(1, CLASSES, (32, 32), feature_size=int(16 * scale), hidden_size=96, mlp_dim=int(192 * scale),
+                      num_heads=4, spatial_dims=2)
+
+
+def swin_unetr(scale: float) -> nn.Module:
+    """MONAI's SwinUNETR in 2D; its embedding width is its feature size, so only ``scale`` 1 is built."""
+    nets = pytest.importorskip("monai.networks.nets")
+    return nets.SwinUNETR(1, CLASSES, feature_size=int(12 * scale), spatial_dims=2, depths=(1, 1, 1, 1),
+                          num_heads=(3, 3, 3, 3))
+
+
+# name: (network at a width scale, channel rounding its norms need, input size)
 NETWORKS = {
-    "monai-basicunet": (basic_unet, 1),
-    "monai-unet": (monai_unet, 1),
-    "monai-unet-res": (lambda scale: monai_unet(scale, res_units=2), 1),
-    "monai-attentionunet": (attention_unet, 1),
-    "monai-segresnet": (segresnet, 8),  # GroupNorm of 8 groups
-    "nnunet-plainconvunet": (plain_conv_unet, 1),
-    "nnunet-deep-supervision": (lambda scale: plain_conv_unet(scale, deep_supervision=True), 1),
+    "monai-basicunet": (basic_unet, 1, 32),
+    "monai-unet": (monai_unet, 1, 32),
+    "monai-unet-res": (lambda scale: monai_unet(scale, res_units=2), 1, 32),
+    "monai-attentionunet": (attention_unet, 1, 32),
+    "monai-segresnet": (segresnet, 8, 32),  # GroupNorm of 8 groups
+    "monai-dynunet-res": (dynunet_residual, 1, 32),
+    "monai-unetplusplus": (unet_plus_plus, 1, 32),
+    "monai-unetplusplus-deep-supervision": (lambda scale: unet_plus_plus(scale, deep_supervision=True), 1, 32),
+    "monai-unetr": (unetr, 1, 32),
+    "monai-swinunetr": (swin_unetr, 1, 64),  # four halvings and a norm that needs more than one pixel
+    "nnunet-plainconvunet": (plain_conv_unet, 1, 32),
+    "nnunet-deep-supervision": (lambda scale: plain_conv_unet(scale, deep_supervision=True), 1, 32),
+    "nnunet-resenc": (residual_encoder_unet, 1, 32),
+    "nnunet-resenc-deep-supervision": (lambda scale: residual_encoder_unet(scale, deep_supervision=True), 1, 32),
+}
+# What Torch-Pruning cannot follow in them, kept whole (prefixes of group names): a ViT's
+# hidden size (the patch embedding, joined to every block by residual additions) and its
+# fused query-key-value projections, which einops splits into heads.
+KEPT_WHOLE = {
+    "monai-unetr": ("vit.patch_embedding", "vit.blocks.0.attn.qkv"),
+    "monai-swinunetr": ("swinViT.patch_embed", "swinViT.layers1.0.blocks.0.attn.qkv"),
 }
 
 
@@ -130,47 +186,68 @@ def masked_copy(model: nn.Module, kept: dict[str, list[int]], x: torch.Tensor) -
             if graph.is_in_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, LAYERS):
                 zeroed.setdefault(dep.target.module, set()).update(int(i) for i in idxs)
     for layer, channels in zeroed.items():
-        index = sorted(channels)
-        layer.register_forward_pre_hook(lambda _, args, index=index: (args[0].index_fill(1, torch.tensor(index), 0),))
+        index, dim = torch.tensor(sorted(channels)), -1 if isinstance(layer, nn.Linear) else 1  # tokens: (..., C)
+        layer.register_forward_pre_hook(lambda _, args, index=index, dim=dim: (args[0].index_fill(dim, index, 0),))
     return masked
 
 
-def varied_recipe(groups, round_to: int) -> Recipe:
+def varied_recipe(survey, round_to: int) -> Recipe:
     ratios = (0.3, 0.5, 0.75, 1.0, 0.2)
-    return Recipe(keep={g.name: ratios[i % len(ratios)] for i, g in enumerate(groups)}, round_to=round_to)
+    keep = {g.name: ratios[i % len(ratios)] for i, g in enumerate(survey.groups)}
+    return Recipe(keep=keep, round_to=round_to, ignore=survey.ignore())
+
+
+def example(size: int) -> torch.Tensor:
+    return torch.randn(2, 1, size, size, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")
 def x() -> torch.Tensor:
-    return torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    return example(32)
 
 
 @pytest.fixture(scope="module", params=list(NETWORKS))
-def network(request, x):
-    """(name, network, its layer groups, channel rounding), the network in eval mode."""
-    build, round_to = NETWORKS[request.param]
+def network(request):
+    """(name, network in eval mode, its group survey, channel rounding, example input)."""
+    build, round_to, size = NETWORKS[request.param]
     torch.manual_seed(0)
     net = randomise_norms(build(1.0)).eval()
-    return request.param, net, layer_groups(net, x), round_to
+    x = example(size)
+    return request.param, net, survey_groups(net, x), round_to, x
 
 
 def test_groups_are_named_by_unique_readable_module_paths(network):
-    name, net, groups, _ = network
+    name, net, survey, _, _ = network
+    groups = survey.groups
     names = [g.name for g in groups]
     assert len(names) == len(set(names)) > 4
     assert all(isinstance(net.get_submodule(n), LAYERS) for n in names)  # a real layer's path, no op ids
     assert all(g.stage == g.name.split(".")[0] for g in groups)
-    if name.startswith("nnunet"):
+    if name.startswith("nnunet") and "resenc" not in name:
         assert names[:2] == ["encoder.stages.0.0.convs.0.conv", "encoder.stages.0.0.convs.1.conv"]
         assert "decoder.transpconvs.0" in names and not any(n.startswith("decoder.seg_layers") for n in names)
+    if name.startswith("nnunet-resenc"):
+        assert names[0] == "encoder.stem.convs.0.conv" and "encoder.stages.1.blocks.0.conv1.conv" in names
 
 
-def test_pruned_network_computes_the_original_with_removed_channels_zeroed(network, x):
-    name, net, groups, round_to = network
+def test_only_what_torch_pruning_cannot_follow_is_kept_whole(network):
+    name, _, survey, _, _ = network
+    expected = KEPT_WHOLE.get(name, ())
+    assert all(any(kept == prefix or kept.startswith(prefix + ".") for kept in survey.kept_whole) for prefix in expected)
+    assert all(kept.startswith(("vit.", "swinViT.")) for kept in survey.kept_whole)  # convolutions all prune
+    if name == "monai-unetr":
+        assert {g.name for g in survey.groups} >= {"vit.blocks.0.mlp.linear1", "encoder1.layer.conv2.conv"}
+
+
+def test_pruned_network_computes_the_original_with_removed_channels_zeroed(network):
+    name, net, survey, round_to, x = network
     if name == "monai-segresnet":
         pytest.skip("GroupNorm mixes a group's channels: removing one changes its neighbours' statistics")
+    recipe = varied_recipe(survey, round_to)
+    if name == "monai-swinunetr":  # its last stage's output is layer-normalised over channels without weights
+        recipe = dataclasses.replace(recipe, keep={**recipe.keep, "swinViT.layers4.0.downsample.reduction": 1.0})
     pruned = copy.deepcopy(net)
-    kept = prune_in_place(pruned, varied_recipe(groups, round_to), x)
+    kept = prune_in_place(pruned, recipe, x)
     expected = outputs(masked_copy(net, kept, x), x)
     got = outputs(pruned.eval(), x)
     assert [t.shape for t in got] == [t.shape for t in outputs(net, x)]
@@ -178,29 +255,30 @@ def test_pruned_network_computes_the_original_with_removed_channels_zeroed(netwo
     assert (outputs(net, x)[0] - expected[0]).abs().max() > 1e-3  # the mask did change the original
 
 
-def test_channels_and_parameters_follow_the_plan(network, x):
-    name, net, groups, round_to = network
-    recipe = varied_recipe(groups, round_to)
+def test_channels_and_parameters_follow_the_plan(network):
+    name, net, survey, round_to, x = network
+    recipe = varied_recipe(survey, round_to)
     pruned = apply_recipe(net, recipe, x)
-    got = figures(pruned, x, groups)
-    assert got.channels == channel_plan(groups, recipe)
+    got = figures(pruned, x, survey.groups)
+    assert got.channels == channel_plan(survey.groups, recipe)
     assert got.params == count_parameters(pruned) < count_parameters(net)
-    half = apply_recipe(net, Recipe.uniform(0.5, round_to=round_to), x)
-    assert used_parameters(half, x) == used_parameters(NETWORKS[name][0](0.5), x)  # the network built half as wide
+    half = apply_recipe(net, Recipe.uniform(0.5, round_to=round_to, ignore=survey.ignore()), x)
+    if name != "monai-swinunetr":  # its transformer's width is kept whole: no narrower network to build
+        assert used_parameters(half, x) == used_parameters(NETWORKS[name][0](0.5), x)  # built half as wide
     assert pruned(x).shape == half(x).shape == net(x).shape
 
 
-def test_rebuilt_network_runs_the_same_in_onnx_runtime(network, x, tmp_path):
+def test_rebuilt_network_runs_the_same_in_onnx_runtime(network, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    _, net, groups, round_to = network
-    recipe = varied_recipe(groups, round_to)
+    _, net, survey, round_to, x = network
+    recipe = varied_recipe(survey, round_to)
     pruned = apply_recipe(net, recipe, x)
     torch.save(pruned.state_dict(), tmp_path / "weights.pt")
     rebuilt = rebuild(net, recipe, x, torch.load(tmp_path / "weights.pt", weights_only=True))
     with torch.no_grad():
         expected = rebuilt(x[:1]).numpy()
         assert np.array_equal(expected, pruned(x[:1]).numpy())
-    session = ort.InferenceSession(to_onnx(rebuilt, (1, 1, 32, 32)), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(to_onnx(rebuilt, (1, *x.shape[1:])), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
 
@@ -248,11 +326,11 @@ class ConcatsItsInput(nn.Module):
 class FoldsChannels(nn.Module):
     """Sums the two halves of its channels through a reshape, which Torch-Pruning cannot follow."""
 
-    def __init__(self):
+    def __init__(self, mix: bool = True):
         super().__init__()
         self.body = nn.Conv2d(1, 8, 3, padding=1)
-        self.mix = nn.Conv2d(4, 8, 3, padding=1)
-        self.head = nn.Conv2d(8, 2, 1)
+        self.mix = nn.Conv2d(4, 8, 3, padding=1) if mix else nn.Identity()
+        self.head = nn.Conv2d(8 if mix else 4, 2, 1)
 
     def forward(self, x):
         y = self.body(x)
@@ -260,11 +338,23 @@ class FoldsChannels(nn.Module):
         return self.head(self.mix(y.reshape(n, 2, c // 2, h, w).sum(1)))
 
 
+def test_a_group_that_cannot_be_pruned_is_kept_whole_and_named_and_the_rest_is_searched(x):
+    net = FoldsChannels().eval()
+    survey = survey_groups(net, x)
+    assert [g.name for g in survey.groups] == ["mix"] and list(survey.kept_whole) == ["body"]
+    assert re.fullmatch(r"kept whole: 1 group: body, because pruning it breaks the model \(.+\)", survey.describe())
+    assert survey.ignore(("head",)) == ("head", "body")
+    pruned = apply_recipe(net, Recipe.uniform(0.5, ignore=survey.ignore()), x)
+    assert (pruned.body.out_channels, pruned.mix.out_channels) == (8, 4) and pruned(x).shape == net(x).shape
+    assert survey_groups(net, x, ignore=["body"]).kept_whole == {}  # the ignore list works as before
+
+
 @pytest.mark.parametrize(
     ("model", "message"),
     [
         (ConcatsItsInput, r"^cannot prune: torch\.cat at test_user_networks\.py:\d+ .*: concatenate only layer outputs"),
-        (FoldsChannels, r"^pruning layer group body breaks the model \(.*\): add 'body' to the search space's ignore"),
+        (lambda: FoldsChannels(mix=False),
+         r"^nothing in the model can be pruned \(kept whole: 1 group: body, because .*\): report the model to us$"),
     ],
 )
 def test_a_model_that_cannot_be_pruned_is_refused_in_one_line(model, message, x):
