@@ -14,7 +14,7 @@ from statistics import median
 import optuna
 from optuna.trial import TrialState
 
-from ..search.settings import SETTINGS_ATTR, Settings
+from ..search.settings import KEPT_WHOLE_ATTR, SETTINGS_ATTR, Settings
 
 BAND = (0.8, 1.0)  # the fractions of the budget the projection aims between
 
@@ -28,7 +28,9 @@ class SearchInfo:
     the clock of the latency figures; ``in_band`` how many of ``at_budget`` fine-tuned
     trials at the budget measured within 80-100 % of it; ``model_error_pct`` the median
     absolute error of the latency model's predictions over ``predictions`` measured widths;
-    ``balanced`` whether fine-tunes weighed the classes (studies stored before that did not)."""
+    ``balanced`` whether fine-tunes weighed the classes (studies stored before that did not);
+    ``kept_whole`` the layer groups the search could not prune safely and left whole, each
+    with why (empty for studies stored before groups were kept whole automatically)."""
 
     verdict: str | None
     verdict_ok: bool | None
@@ -41,6 +43,7 @@ class SearchInfo:
     model_error_pct: float | None
     predictions: int
     balanced: bool
+    kept_whole: dict[str, str]
 
 
 def get_search_info(study: optuna.Study) -> SearchInfo:
@@ -62,4 +65,5 @@ def get_search_info(study: optuna.Study) -> SearchInfo:
         measurements=sum(t.user_attrs.get("measurements", 0) for t in trials),
         model_error_pct=median(errors) if errors else None, predictions=len(errors),
         balanced=SETTINGS_ATTR in attrs and Settings.from_dict(attrs[SETTINGS_ATTR]).balance_classes,
+        kept_whole=attrs.get(KEPT_WHOLE_ATTR) or {},
     )

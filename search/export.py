@@ -95,7 +95,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
         "channels": figs.channels, "baseline_channels": context.baseline_figures.channels,
         "baseline": {"params": context.baseline_figures.params, "macs": context.baseline_figures.macs,
                      "dice": context.baseline.test.mean, "dice_per_class": context.baseline.test.per_class},
-        "recipe": trial.user_attrs["recipe"], "onnx_max_abs_diff": _max_difference(net, fp32.onnx, context.data.test.images[:8]),
+        "recipe": trial.user_attrs["recipe"], "kept_whole": context.survey.kept_whole, "onnx_max_abs_diff": _max_difference(net, fp32.onnx, context.data.test.images[:8]),
         "model": settings.model, "data": context.data.source, "budget_ms": budget, "speedup": settings.speedup,
         "environment": environment(), "per_volume": _per_volume(context, deployed.pred, base_pred),
     }

@@ -11,6 +11,7 @@ from .latency import Target
 PRECISIONS = ("fp32", "int8")  # deployed precisions: fp32 ONNX, or INT8 QDQ ONNX (:mod:`.quantize`)
 
 SETTINGS_ATTR = "settings"
+KEPT_WHOLE_ATTR = "kept_whole"  # {group name: why it cannot be pruned}: the groups a study leaves whole
 
 
 @dataclass(frozen=True)

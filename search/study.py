@@ -22,15 +22,15 @@ import torch
 import torch_pruning
 
 from ..errors import UserError
-from ..space import (Figures, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, figures,
-                     layer_groups, model_digest, warm_start)
+from ..space import (Figures, GroupSurvey, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, figures,
+                     model_digest, survey_groups, warm_start)
 from .baseline import Baseline, build_model, example_input, from_state, get_baseline
 from .data import SegmentationData, load_data
 from .anchors import can_anchor, nearest_anchor
 from .latency import LatencyStats, Reference, Target, cpu_model, measure, measure_onnx, pooled
 from .onnx_io import to_onnx
 from .projection import CostModel, LatencyCache
-from .settings import SETTINGS_ATTR, Settings
+from .settings import KEPT_WHOLE_ATTR, SETTINGS_ATTR, Settings
 from .storage import artifact_store, load_study, open_storage
 from .train import Schedule, finetune_schedule, resolve_device, teacher_logits
 from .weights import download_state_dict, upload_state_dict
@@ -47,14 +47,19 @@ class Context:
     settings: Settings
     data: SegmentationData
     baseline: Baseline
-    groups: list[LayerGroup]
-    space: SearchSpace
+    survey: GroupSurvey  # the groups searched, and those kept whole
+    space: SearchSpace  # its ignore list includes the groups kept whole
     target: Target
     example: torch.Tensor
     baseline_figures: Figures
     teacher_outputs: torch.Tensor | None
     calibration: tuple[torch.Tensor, torch.Tensor]
     device: str  # where this worker trains: settings.device resolved on this machine
+
+    @property
+    def groups(self) -> list[LayerGroup]:
+        """The layer groups the search prunes."""
+        return self.survey.groups
 
     def finetune_schedule(self, net: torch.nn.Module, epochs: int, seed: int, distill: float) -> Schedule:
         """How ``net``, shrunk from the baseline, is fine-tuned (a trial or the polish): on
@@ -71,7 +76,9 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
 
     The model's layer groups are found, and a recipe of the space's importance is tried,
     on an untrained copy first, so a model that cannot be pruned as the space asks is
-    refused (:class:`UserError`) before its baseline trains.
+    refused (:class:`UserError`) before its baseline trains. Groups that cannot be pruned
+    safely are kept whole (``kept_whole``, added to the space's ``ignore``); only a model
+    with nothing left to prune is refused.
     """
     _check_model_file(settings)
     device = resolve_device(settings.device)
@@ -80,15 +87,16 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
     example = example_input(data)
     space = SearchSpace.from_dict(settings.space_spec)
     untrained = build_model(settings.model, data, settings.weights)
-    groups = layer_groups(untrained, example, ignore=space.ignore)
+    survey = survey_groups(untrained, example, ignore=space.ignore)
+    space = replace(space, ignore=survey.ignore(space.ignore))
     calibration = calibration_batch(data)
     apply_recipe(untrained, uniform_recipe(space, 0.5, importance=space.importance), example, calibration)
     baseline = (from_state(settings.model, data, baseline_state, settings.weights) if baseline_state is not None else
                 get_baseline(settings.model, data, seed=settings.seed, epochs=settings.baseline_epochs, weights=settings.weights,
                              device=device))
     teacher = teacher_logits(baseline.model, data.train.images) if settings.distill > 0 else None
-    return Context(settings, data, baseline, groups, space, Target.from_dict(settings.target), example,
-                   figures(baseline.model, example, groups), teacher, calibration, device)
+    return Context(settings, data, baseline, survey, space, Target.from_dict(settings.target),
+                   example, figures(baseline.model, example, survey.groups), teacher, calibration, device)
 
 
 def _check_model_file(settings: Settings) -> None:
@@ -132,6 +140,7 @@ def create_study(name: str, url: str, settings: Settings, context: Context) -> t
     study.set_user_attr("environment", environment())
     study.set_user_attr("started_at", time.time())
     study.set_user_attr("baseline", baseline_record(context, baseline_stats))
+    study.set_user_attr(KEPT_WHOLE_ATTR, context.survey.kept_whole)
     study.set_user_attr(BASELINE_ATTR, upload_state_dict(artifact_store(url), study, context.baseline.model, "baseline.pt"))
     if reference is not None:
         study.set_user_attr(REFERENCE_ATTR, reference)

@@ -75,6 +75,8 @@ def run(args) -> int:
                       soft_wrap=True)
     name = args.study or default_name(settings)
     context = prepare(settings)
+    if context.survey.kept_whole:
+        console.print(context.survey.describe(), soft_wrap=True)
     console.print("measuring the dense model and the latency reference on the target ...")
     _, settings = create_study(name, url, settings, context)
     context = replace(context, settings=settings)
