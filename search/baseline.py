@@ -20,7 +20,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from ..errors import UserError
-from ..space import PRESETS, UNet, load_user_model, preset_config
+from ..space import (PRESETS, UNet, is_nnunet_folder, load_nnunet_model, load_user_model, model_digest, nnunet_fold,
+                     preset_config)
 from .cache import cache_dir, write_atomically
 from .data import SegmentationData
 from .train import Schedule, Scores, evaluate, train
@@ -42,14 +43,36 @@ class Baseline:
 
 
 def build_model(spec: str, data: SegmentationData, weights: str | None = None) -> nn.Module:
-    """An untrained preset sized for ``data``, or a user's ``module:Class`` with its weights."""
-    if ":" in spec:
+    """An untrained preset sized for ``data``, a user's ``module:Class`` with its weights, or
+    an nnU-Net fold (its folder) with its checkpoint's weights."""
+    if is_nnunet_folder(spec):
+        model = _nnunet_model(spec, data)
+    elif ":" in spec:
         model = load_user_model(spec, weights)
     elif spec in PRESETS:
         model = UNet(preset_config(spec, data.in_channels, data.num_classes))
     else:
         raise UserError(f"unknown model {spec!r}: use a preset ({', '.join(PRESETS)}) or module:Class / file.py:Class")
     return model
+
+
+def is_trained(spec: str, weights: str | None) -> bool:
+    """Whether the model comes with its trained weights (scored, not trained)."""
+    return bool(weights) or is_nnunet_folder(spec)
+
+
+def _nnunet_model(spec: str, data: SegmentationData) -> nn.Module:
+    """The fold's network, after checking that ``data`` fits it (channels, classes, input size)."""
+    fold = nnunet_fold(spec)
+    channels = len(fold.dataset.get("channel_names") or fold.dataset.get("modality") or {})
+    if (channels, len(fold.dataset.get("labels") or {})) != (data.in_channels, data.num_classes):
+        raise UserError(f"{fold.folder.name} takes {channels} channels and {len(fold.dataset.get('labels') or {})} classes, "
+                        f"the data {data.in_channels} and {data.num_classes}: give --data the raw data set it was trained on")
+    if any(side % fold.stride for side in data.image_size):
+        size = -(-max(data.image_size) // fold.stride) * fold.stride
+        raise UserError(f"input size {'x'.join(map(str, data.image_size))} is not a multiple of {fold.stride}, "
+                        f"the stride of {fold.folder.name}'s network: give --size {size}")
+    return load_nnunet_model(spec)
 
 
 def example_input(data: SegmentationData, batch: int = 1) -> torch.Tensor:
@@ -60,6 +83,8 @@ def example_input(data: SegmentationData, batch: int = 1) -> torch.Tensor:
 def baseline_key(spec: str, data: SegmentationData, seed: int, epochs: int, weights: str | None, device: str = "cpu") -> str:
     """Cache key of a baseline: every input that changes its weights."""
     weights_digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest() if weights else None
+    if is_nnunet_folder(spec):
+        weights_digest = model_digest(spec)  # its plans and checkpoint
     text = json.dumps([spec, weights_digest, data.fingerprint, seed, epochs, torch.__version__, device])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -70,9 +95,13 @@ def get_baseline(
 ) -> Baseline:
     """The cached baseline for these settings, training it first if needed (on ``device``).
 
-    A user's model given with ``weights`` is taken as trained: it is scored, not trained.
+    A user's model given with ``weights``, or an nnU-Net fold, is taken as trained: it is
+    scored, not trained, whatever ``epochs`` says.
     """
-    epochs = (0 if weights else BASELINE_EPOCHS.get(spec, BASELINE_EPOCHS["unet"])) if epochs is None else epochs
+    if is_trained(spec, weights):
+        epochs = 0
+    elif epochs is None:
+        epochs = BASELINE_EPOCHS.get(spec, BASELINE_EPOCHS["unet"])
     folder = cache_dir("baselines") / baseline_key(spec, data, seed, epochs, weights, device)
     state_path = folder / "state.pt"
     torch.manual_seed(seed)

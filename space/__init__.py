@@ -1,7 +1,7 @@
 """What can be searched and how a point of the space becomes a network.
 
-- the U-Net family and its presets (:mod:`.unet`), and any user ``nn.Module``
-  (:func:`load_user_model`);
+- the U-Net family and its presets (:mod:`.unet`), any user ``nn.Module``
+  (:func:`load_user_model`) and an nnU-Net trained-model folder (:func:`load_nnunet_model`);
 - the search space (:class:`SearchSpace`, TOML presets ``per-layer``, ``per-stage``,
   ``uniform``) whose trials sample :class:`Recipe` objects, and the study's
   :func:`warm_start` (the uniform and capped shapes every study tries first);
@@ -15,6 +15,7 @@ from ._prune import GroupSurvey, apply_recipe, layer_groups, rebuild, survey_gro
 from ._recipe import LayerGroup, Recipe, channel_plan
 from ._space import SearchSpace
 from ._warm import warm_start
+from ._nnunet import NnunetFold, is_nnunet_folder, load_nnunet_model, nnunet_fold
 from ._usermodel import load_user_model, model_digest
 from .unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, round_channels
 
@@ -23,6 +24,7 @@ __all__ = [
     "Figures",
     "GroupSurvey",
     "LayerGroup",
+    "NnunetFold",
     "Recipe",
     "SearchSpace",
     "UNet",
@@ -31,9 +33,12 @@ __all__ = [
     "channel_plan",
     "count_parameters",
     "figures",
+    "is_nnunet_folder",
     "layer_groups",
+    "load_nnunet_model",
     "load_user_model",
     "model_digest",
+    "nnunet_fold",
     "preset_config",
     "rebuild",
     "round_channels",

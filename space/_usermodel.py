@@ -34,9 +34,12 @@ def load_user_model(spec: str, state_dict_path: str | None = None) -> nn.Module:
 
 
 def model_digest(spec: str) -> str | None:
-    """The sha256 of the file that defines a ``module:Class`` or ``file.py:Class`` model;
-    None for a preset name or a module whose file cannot be found (nothing is imported
-    for a file path)."""
+    """The sha256 of the file that defines a ``module:Class`` or ``file.py:Class`` model, or
+    of an nnU-Net fold's plans and checkpoint; None for a preset name or a module whose file
+    cannot be found (nothing is imported for a file path)."""
+    if Path(spec).is_dir():
+        from ._nnunet import nnunet_digest  # an nnU-Net folder builds on this module's first_output
+        return nnunet_digest(spec)
     location, _, _ = spec.rpartition(":")
     if not location:
         return None

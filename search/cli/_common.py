@@ -46,9 +46,13 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="the verdict fails a model losing more test Dice than this, in percent (default 5)")
     parser.add_argument("--trials", type=int, metavar="N", help="trials in the study, all workers together (default 12)")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit of the study (default: none)")
-    parser.add_argument("--model", metavar="PRESET|module:Class", help="unet (default), unet-paper, unet-small, unet-tiny, or your class")
+    parser.add_argument("--model", metavar="PRESET|module:Class|DIR",
+                        help="unet (default), unet-paper, unet-small, unet-tiny, your class, or an nnU-Net trained-model "
+                             "folder (nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__2d)")
+    parser.add_argument("--fold", type=int, metavar="N", help="fold of an nnU-Net --model folder (default: its only fold, else 0)")
     parser.add_argument("--weights", metavar="FILE", help="state dict of your model (loaded with weights_only=True)")
-    parser.add_argument("--data", metavar="PATH", help="ACDC folder or images/+masks/ folder (default: generated cardiac MRI)")
+    parser.add_argument("--data", metavar="PATH", help="ACDC folder, images/+masks/ folder or nnU-Net raw data set (default: "
+                        "generated cardiac MRI; for an nnU-Net --model, $nnUNet_raw/<its data set> when nnUNet_raw is set)")
     parser.add_argument("--group-by", metavar="REGEX", help="patient of an images/ file: the regex's first group in its path (default: subfolder, or name up to the first _)")
     parser.add_argument("--size", type=int, dest="image_size", metavar="N", help="input size N x N, a multiple of 16 (default 96)")
     parser.add_argument("--space", metavar="FILE|PRESET", help="search space: per-layer (default), per-stage, uniform, or a TOML file")

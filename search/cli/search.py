@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ...errors import UserError
-from ...space import SearchSpace
+from ...space import SearchSpace, is_nnunet_folder, nnunet_fold
 from ...units import ms
 from ..data import suggested_image_size
 from ..latency import Target, agent_info
@@ -28,6 +29,7 @@ EXAMPLES = [
     "autosculpt search --speedup 30 --precision fp32,int8   # each trial fp32 or INT8, measured as deployed",
     "autosculpt search --budget-ms 20 --storage postgresql://user@db:5432/autosculpt --workers 4",
     "autosculpt search --budget-ms 30 --target http://hospital-pc:8765 --data /data/ACDC/training",
+    "autosculpt search --speedup 10 --model nnUNet_results/Dataset027_ACDC/nnUNetTrainer__nnUNetPlans__2d --fold 0",
 ]
 
 
@@ -64,9 +66,10 @@ def run(args) -> int:
     if args.target:
         agent_info(args.target)
     given = settings_given(args)
+    given["model"], given["data"] = resolved_model(args.model, args.fold, args.weights, args.data)
     sized_by_data = None
-    if args.data and given["image_size"] is None:
-        given["image_size"], sized_by_data = suggested_image_size(Path(args.data))
+    if given["data"] and given["image_size"] is None:
+        given["image_size"], sized_by_data = suggested_image_size(Path(given["data"]))
     settings, defaulted = with_preset(args.preset, given)
     if sized_by_data is not None:
         defaulted.append("image_size")
@@ -84,6 +87,22 @@ def run(args) -> int:
                   f"resume with: autosculpt resume {name}{storage_flag(args.storage)}", soft_wrap=True)
     run_workers(name, url, context, args.workers, storage_flag(args.storage))
     return finish_study(name, url, args.out)
+
+
+def resolved_model(model: str | None, fold: int | None, weights: str | None, data: str | None) -> tuple[str | None, str | None]:
+    """(model, data) as stored: an nnU-Net folder becomes its fold's folder, and its data
+    defaults to ``$nnUNet_raw/<its data set>`` where nnUNet_raw is set."""
+    if model is None or not is_nnunet_folder(model):
+        if fold is not None:
+            raise UserError(f"--fold {fold} needs an nnU-Net trained-model folder as --model: drop --fold")
+        return model, data
+    if weights:
+        raise UserError("an nnU-Net folder brings its own weights (fold_N/checkpoint_final.pth): drop --weights")
+    chosen = nnunet_fold(model, fold)
+    raw = os.environ.get("nnUNet_raw")
+    if data is None and raw:
+        data = str(Path(raw) / chosen.dataset_name)
+    return chosen.spec, data
 
 
 def settings_given(args) -> dict:
