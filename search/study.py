@@ -23,9 +23,9 @@ import torch_pruning
 
 from ..errors import UserError
 from ..space import (Figures, GroupSurvey, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, figures,
-                     model_digest, survey_groups, warm_start)
+                     is_nnunet_folder, model_digest, nnunet_fold, survey_groups, warm_start)
 from .baseline import Baseline, build_model, example_input, from_state, get_baseline
-from .data import SegmentationData, load_data
+from .data import NnunetPreprocessing, SegmentationData, load_data
 from .anchors import can_anchor, nearest_anchor
 from .latency import LatencyStats, Reference, Target, cpu_model, measure, measure_onnx, pooled
 from .onnx_io import to_onnx
@@ -82,8 +82,7 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
     """
     _check_model_file(settings)
     device = resolve_device(settings.device)
-    data = load_data(settings.data, image_size=settings.image_size, seed=settings.seed, patients=settings.patients,
-                     group_by=settings.group_by)
+    data = study_data(settings)
     example = example_input(data)
     space = SearchSpace.from_dict(settings.space_spec)
     untrained = build_model(settings.model, data, settings.weights)
@@ -97,6 +96,16 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
     teacher = teacher_logits(baseline.model, data.train.images) if settings.distill > 0 else None
     return Context(settings, data, baseline, survey, space, Target.from_dict(settings.target),
                    example, figures(baseline.model, example, survey.groups), teacher, calibration, device)
+
+
+def study_data(settings: Settings) -> SegmentationData:
+    """The data the study trains and scores on; for a network nnU-Net trained, preprocessed by its plans."""
+    nnunet = None
+    if is_nnunet_folder(settings.model):
+        fold = nnunet_fold(settings.model)
+        nnunet = NnunetPreprocessing.from_plans(fold.plans, fold.config)
+    return load_data(settings.data, image_size=settings.image_size, seed=settings.seed, patients=settings.patients,
+                     group_by=settings.group_by, nnunet=nnunet)
 
 
 def _check_model_file(settings: Settings) -> None:

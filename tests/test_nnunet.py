@@ -6,14 +6,20 @@ import copy
 import json
 import pydoc
 
+import nibabel
+import numpy as np
+
 import optuna
 import pytest
 import torch
 from conftest import FLOW, run_cli
-from nnunet_fixtures import PLAIN, RESENC, plans, write_raw_dataset, write_trained_folder
+from nnunet_fixtures import DATASET_JSON, PLAIN, RESENC, plans, write_raw_dataset, write_trained_folder
 
 from autosculpt.errors import UserError
-from autosculpt.search.data import load_data
+from autosculpt.search.settings import Settings
+from autosculpt.search.study import study_data
+from autosculpt.search.data import NnunetPreprocessing
+from autosculpt.search.data._nnunet import preprocess_case, read_case
 from autosculpt.search.train import evaluate
 from autosculpt.space import is_nnunet_folder, load_nnunet_model, model_digest, nnunet_fold
 
@@ -115,7 +121,8 @@ def test_search_a_trained_nnunet_folder_scores_its_own_weights_and_exports(tmp_p
     study = optuna.load_study(study_name="nn", storage=url)
     settings = study.user_attrs["settings"]
     assert settings["model"] == str(folder / "fold_0") and settings["data"] == str(raw)
-    data = load_data(str(raw), image_size=32, seed=0, patients=settings["patients"])
+    data = study_data(Settings.from_dict(settings))  # nnU-Net's preprocessing of the raw data set
+    assert data.image_size == (32, 32) and data.describe()["spacing"] == "1.50 x 1.50 x 10.0 mm"
     own = evaluate(load_nnunet_model(str(folder)), data.test, data.class_names).mean
     assert study.user_attrs["baseline"]["test_dice"] == pytest.approx(own, abs=1e-6)  # scored, not trained
     card = json.loads((out / "model.json").read_text())
@@ -133,3 +140,47 @@ def test_fold_and_weights_are_refused_where_they_do_not_fit(tmp_path, trained):
     done = run_cli("search", "--preset", "smoke", "--speedup", "2", "--model", str(folder), "--fold", "4",
                    "--storage", f"sqlite:///{tmp_path}/s.db")
     assert done.returncode == 2 and "has no fold 4" in done.stderr and done.stderr.count("\n") == 1
+
+
+# --- nnU-Net's preprocessing, with nnunetv2 itself as the oracle --------------------------
+
+
+def anisotropic_case(folder, case="case0", zooms=(1.2, 1.3, 8.0), channels=2, seed=0):
+    """A case off the plan's grid (1.5 mm): a zero border (cropped), two channels, labels 0-3."""
+    rng = np.random.default_rng(seed)
+    shape = (40, 36, 3)
+    volumes = rng.normal(100, 30, (channels, *shape)).astype(np.float32)
+    volumes[:, :4] = 0  # outside the body: cropped away
+    labels = np.zeros(shape, np.uint8)
+    labels[10:30, 8:20] = 1
+    labels[15:25, 20:30] = 2
+    labels[18:22, 12:16] = 3
+    affine = np.diag([*zooms, 1.0])
+    for c in range(channels):
+        nibabel.Nifti1Image(volumes[c], affine).to_filename(str(folder / f"{case}_{c:04d}.nii.gz"))
+    nibabel.Nifti1Image(labels, affine).to_filename(str(folder / f"{case}.nii.gz"))
+    return [folder / f"{case}_{c:04d}.nii.gz" for c in range(channels)], folder / f"{case}.nii.gz"
+
+
+@pytest.mark.parametrize("reader", ["SimpleITKIO", "NibabelIOWithReorient"])
+@pytest.mark.parametrize("schemes", [("ZScoreNormalization", "CTNormalization"), ("RescaleTo01Normalization", "NoNormalization")])
+def test_preprocessing_matches_nnunets_default_preprocessor(tmp_path, reader, schemes):
+    pytest.importorskip("SimpleITK")
+    oracle = pytest.importorskip("nnunetv2.preprocessing.preprocessors.default_preprocessor")
+    plans_handler = pytest.importorskip("nnunetv2.utilities.plans_handling.plans_handler")
+    plan = plans(PLAIN)
+    plan["image_reader_writer"] = reader
+    config = plan["configurations"]["2d"]
+    config["normalization_schemes"], config["use_mask_for_norm"] = list(schemes), [True, False]
+    plan["foreground_intensity_properties_per_channel"]["1"] = {
+        "max": 200.0, "mean": 95.0, "median": 96.0, "min": 1.0, "percentile_00_5": 40.0, "percentile_99_5": 150.0, "std": 20.0}
+    dataset = {**DATASET_JSON, "channel_names": {"0": "a", "1": "b"}}
+    files, label_file = anisotropic_case(tmp_path)
+    manager = plans_handler.PlansManager(plan)
+    expected, expected_seg, _ = oracle.DefaultPreprocessor(verbose=False).run_case(
+        [str(f) for f in files], str(label_file), manager, manager.get_configuration("2d"), dataset)
+    ours = NnunetPreprocessing.from_plans(plan, config)
+    data, seg = preprocess_case(*read_case(files, label_file, reader), ours)
+    assert data.shape == expected.shape and data.shape[2:] != (40, 36)  # cropped and resampled
+    assert np.abs(data - expected).max() < 1e-4
+    assert np.array_equal(seg, expected_seg[0])

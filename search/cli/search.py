@@ -68,7 +68,9 @@ def run(args) -> int:
     given = settings_given(args)
     given["model"], given["data"] = resolved_model(args.model, args.fold, args.weights, args.data)
     sized_by_data = None
-    if given["data"] and given["image_size"] is None:
+    if given["image_size"] is not None and is_nnunet_folder(given["model"] or ""):
+        raise UserError("an nnU-Net model takes its plan's patch size as input: drop --size")
+    if given["data"] and given["image_size"] is None and not is_nnunet_folder(given["model"] or ""):
         given["image_size"], sized_by_data = suggested_image_size(Path(given["data"]))
     settings, defaulted = with_preset(args.preset, given)
     if sized_by_data is not None:

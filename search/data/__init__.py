@@ -11,11 +11,13 @@ will train on.
 from ._channels import VOLUME_SUFFIXES, channel_of, group_channels, is_volume, load_nifti, volume_name
 from ._files import IMAGE_SUFFIXES, fit, image_channels, read_image, scaled_size, suggested_image_size
 from ._load import load_data, normalise
+from ._nnunet import NnunetPreprocessing
 from ._preview import image_tile, overlay_tile, save_preview
 from ._types import SegmentationData, Split
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "NnunetPreprocessing",
     "SegmentationData",
     "Split",
     "VOLUME_SUFFIXES",

@@ -14,6 +14,7 @@ from ..cache import cache_dir, write_atomically
 from ...errors import UserError
 from . import _cardiac
 from ._files import read_folder
+from ._nnunet import NnunetPreprocessing, read_nnunet_raw
 from ._types import SegmentationData, Slices, Split
 
 DEFAULT_PATIENTS = 60
@@ -29,6 +30,7 @@ def load_data(
     seed: int = 0,
     patients: int | None = None,
     group_by: str | None = None,
+    nnunet: NnunetPreprocessing | None = None,
 ) -> SegmentationData:
     """The data set a search trains and scores on, split by patient into train/val/test.
 
@@ -41,7 +43,15 @@ def load_data(
     refused.  Every slice is fitted to ``image_size`` square (a multiple of 16) and
     normalised per image and channel.  The same arguments always give the same tensors, and the
     fingerprint covers the groups.  Bad settings or data raise :class:`UserError`.
+
+    With ``nnunet`` (a network nnU-Net trained) ``path`` is nnU-Net's raw data set, read
+    and preprocessed as nnU-Net does (:mod:`._nnunet`): its slices come at the plan's
+    patch size, normalised by the plan, and ``image_size`` is not used.
     """
+    if nnunet is not None:
+        if path is None:
+            raise UserError("a network nnU-Net trained needs its raw data set: give --data (or set $nnUNet_raw)")
+        return _assemble(read_nnunet_raw(Path(path), nnunet, group_by), seed, str(path), normalised=True)
     _check_settings(image_size, seed, patients)
     if path is None:
         if group_by is not None:
@@ -112,8 +122,8 @@ def normalise(images: np.ndarray) -> np.ndarray:
     return (images - mean) / np.maximum(std, 1e-6)
 
 
-def _assemble(slices: Slices, seed: int, source: str) -> SegmentationData:
-    images = normalise(slices.images)
+def _assemble(slices: Slices, seed: int, source: str, normalised: bool = False) -> SegmentationData:
+    images = slices.images if normalised else normalise(slices.images)
     groups = np.array(slices.groups)
     splits = {}
     for name, members in split_groups(slices.groups, seed).items():
