@@ -37,7 +37,7 @@ from .quantize import INT8_FILE, Int8Model, calibration_slices, quantize_int8, r
 from .samples import QualitativeSample
 from .settings import PRECISIONS, Settings
 from .storage import artifact_store
-from .study import Context, environment, prepare, study_baseline, study_reference
+from .study import Context, environment, nnunet_preprocessing, prepare, study_baseline, study_reference
 from .train import Scores, dice_counts, predict, scores_from_counts, split_scores
 from .verdict import Verdict, suggested_budget, trade_off
 from .weights import download_state_dict
@@ -99,6 +99,8 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
         "model": settings.model, "data": context.data.source, "budget_ms": budget, "speedup": settings.speedup,
         "environment": environment(), "per_volume": _per_volume(context, deployed.pred, base_pred),
     }
+    if (nnunet := nnunet_preprocessing(settings.model)) is not None:
+        card["nnunet_preprocessing"] = nnunet.to_dict()  # what predict must do to a raw case
     if int8 is not None:
         card["int8"] = _int8_section(quantized, int8, fp32, vnni=target_vnni(context.target))
     write_card(folder, card)

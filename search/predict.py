@@ -13,6 +13,11 @@ nnU-Net's channel files ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ... (see
 affine and header of ``CASE_0000``; for a one-channel model each NIfTI file is its own
 input, whatever its name. Other channel counts are a UserError.
 Inference runs at the thread count the model card says the model was measured at.
+
+A model pruned from a trained nnU-Net (its card holds ``nnunet_preprocessing``) predicts as
+nnU-Net does: each case ``CASE_0000.nii.gz`` (+ ``_0001`` ...) is preprocessed by the plans
+(``data._nnunet``), its slices predicted at the patch size, the class probabilities resampled
+back and the labels written as ``CASE.nii.gz`` on the input's grid, affine and header.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import UserError
-from .card import deployed_file, measured_threads
-from .data import (IMAGE_SUFFIXES, VOLUME_SUFFIXES, channel_of, fit, group_channels, image_channels, image_tile,
-                   is_volume, load_nifti, normalise, overlay_tile, read_image, scaled_size, volume_name)
+from .card import deployed_file, measured_threads, read_card
+from .data import (IMAGE_SUFFIXES, VOLUME_SUFFIXES, NnunetPreprocessing, channel_of, fit, group_channels, image_channels,
+                   image_tile, is_volume, load_nifti, normalise, overlay_tile, read_image, scaled_size, volume_name)
+from .data._nnunet import labels_on_file_grid, prepare_case
 
 
 def load_session(model_dir: Path) -> onnxruntime.InferenceSession:
@@ -99,7 +105,8 @@ def predict_files(model_dir: Path, inputs: list[Path], out: Path, quiet: bool = 
     """Segment every input (see :func:`inputs_of`) into ``out``; the written mask files."""
     files = inputs_of(inputs)
     session = load_session(model_dir)
-    cases = cases_of(files, session.get_inputs()[0].shape[1])
+    nnunet = nnunet_of(model_dir, files)
+    cases = cases_of(files, session.get_inputs()[0].shape[1], nnunet is not None)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -108,7 +115,9 @@ def predict_files(model_dir: Path, inputs: list[Path], out: Path, quiet: bool = 
         task = progress.add_task("predicting", total=len(cases))
         for name, channels in cases.items():
             progress.update(task, description=f"predicting {name}")
-            if is_volume(channels[0]):
+            if nnunet is not None:
+                written.append(_predict_nnunet_case(session, channels, out / name, nnunet))
+            elif is_volume(channels[0]):
                 written.append(_predict_volume(session, channels, out / name, progress))
             else:
                 written.append(_predict_image(session, channels[0], out))
@@ -116,10 +125,23 @@ def predict_files(model_dir: Path, inputs: list[Path], out: Path, quiet: bool = 
     return written
 
 
-def cases_of(files: list[Path], channels: int) -> dict[str, list[Path]]:
+def nnunet_of(model_dir: Path, files: list[Path]) -> NnunetPreprocessing | None:
+    """How nnU-Net preprocessed the model's training data, when the card says nnU-Net trained
+    its baseline (then only NIfTI cases are predicted); None otherwise."""
+    stored = read_card(model_dir).get("nnunet_preprocessing")
+    if stored is None:
+        return None
+    if flat := next((file for file in files if not is_volume(file)), None):
+        raise UserError(f"{flat.name}: the model was pruned from an nnU-Net, which reads NIfTI cases "
+                        "(CASE_0000.nii.gz, ...): give those")
+    return NnunetPreprocessing.from_dict(stored)
+
+
+def cases_of(files: list[Path], channels: int, by_case: bool = False) -> dict[str, list[Path]]:
     """The input files of each prediction, by the name of the volume it writes (a 2D file's
-    own name): one file each, except that for a model of several ``channels`` the NIfTI
-    channel files CASE_0000, CASE_0001, ... of one case are one input, written as CASE.
+    own name): one file each, except that for a model of several ``channels`` (or with
+    ``by_case``, nnU-Net's naming whatever the channels) the NIfTI channel files CASE_0000,
+    CASE_0001, ... of one case are one input, written as CASE.
     A one-channel model reads colour images as grey (luminance); otherwise an input with
     other channels than the model's is a UserError, found from names and image headers
     before anything is predicted."""
@@ -129,7 +151,7 @@ def cases_of(files: list[Path], channels: int) -> dict[str, list[Path]]:
             if channels > 1:
                 _check_channels(channels, image_channels(file), file.name, "images in the colours it was trained on")
             cases[file.name] = [file]
-        elif channels == 1:
+        elif channels == 1 and not (by_case and channel_of(volume_name(file))):
             cases[file.name] = [file]
         elif channel_of(volume_name(file)) is None:
             _check_channels(channels, 1, file.name, "each case's channels as CASE_0000.nii.gz, CASE_0001.nii.gz, ...")
@@ -165,10 +187,25 @@ def _predict_volume(session: onnxruntime.InferenceSession, files: list[Path], ta
         if volume.shape != volumes[0].shape:
             raise UserError(f"{file}: shape {volume.shape} differs from {files[0].name} {volumes[0].shape}: "
                             "resample every channel onto one grid")
-    image = images[0]
     slices = progress.add_task(f"  slices of {target.name}", total=int(np.prod(volumes[0].shape[2:])))
     labels = segment_volume(session, np.stack(volumes), lambda: progress.advance(slices))
     progress.remove_task(slices)
+    return _write_labels(labels, images[0], target)
+
+
+def _predict_nnunet_case(session: onnxruntime.InferenceSession, files: list[Path], target: Path,
+                         plan: NnunetPreprocessing) -> Path:
+    """``target``: nnU-Net's output for a case: preprocessed as nnU-Net preprocesses it, each slice
+    predicted at the patch size, and the labels mapped back onto the first channel file's grid."""
+    inputs, geometry = prepare_case(files, plan)
+    name = session.get_inputs()[0].name
+    logits = np.concatenate([session.run(None, {name: inputs[z:z + 1]})[0] for z in range(len(inputs))])
+    image = nibabel.load(files[0])
+    return _write_labels(labels_on_file_grid(logits, geometry, plan, image), image, target)
+
+
+def _write_labels(labels: np.ndarray, image: nibabel.Nifti1Image, target: Path) -> Path:
+    """Write ``labels`` as ``target`` with ``image``'s grid, affine and header (uint8, no scaling)."""
     header = image.header.copy()
     header.set_data_dtype(np.uint8)
     result = nibabel.Nifti1Image(labels, image.affine, header)

@@ -100,12 +100,16 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
 
 def study_data(settings: Settings) -> SegmentationData:
     """The data the study trains and scores on; for a network nnU-Net trained, preprocessed by its plans."""
-    nnunet = None
-    if is_nnunet_folder(settings.model):
-        fold = nnunet_fold(settings.model)
-        nnunet = NnunetPreprocessing.from_plans(fold.plans, fold.config)
     return load_data(settings.data, image_size=settings.image_size, seed=settings.seed, patients=settings.patients,
-                     group_by=settings.group_by, nnunet=nnunet)
+                     group_by=settings.group_by, nnunet=nnunet_preprocessing(settings.model))
+
+
+def nnunet_preprocessing(model: str) -> NnunetPreprocessing | None:
+    """How nnU-Net preprocesses the input of ``model`` when nnU-Net trained it; None otherwise."""
+    if not is_nnunet_folder(model):
+        return None
+    fold = nnunet_fold(model)
+    return NnunetPreprocessing.from_plans(fold.plans, fold.config)
 
 
 def _check_model_file(settings: Settings) -> None:

@@ -8,18 +8,20 @@ import pydoc
 
 import nibabel
 import numpy as np
+import onnxruntime
 
 import optuna
 import pytest
 import torch
 from conftest import FLOW, run_cli
+from PIL import Image
 from nnunet_fixtures import DATASET_JSON, PLAIN, RESENC, plans, write_raw_dataset, write_trained_folder
 
 from autosculpt.errors import UserError
 from autosculpt.search.settings import Settings
 from autosculpt.search.study import study_data
 from autosculpt.search.data import NnunetPreprocessing
-from autosculpt.search.data._nnunet import preprocess_case, read_case
+from autosculpt.search.data._nnunet import labels_on_file_grid, prepare_case, preprocess_case, read_case
 from autosculpt.search.train import evaluate
 from autosculpt.space import is_nnunet_folder, load_nnunet_model, model_digest, nnunet_fold
 
@@ -128,6 +130,26 @@ def test_search_a_trained_nnunet_folder_scores_its_own_weights_and_exports(tmp_p
     card = json.loads((out / "model.json").read_text())
     assert card["param_ratio"] > 1 and card["onnx_max_abs_diff"] < 1e-3
     assert any(name.startswith("decoder.transpconvs") for name in card["channels"])
+    assert card["nnunet_preprocessing"]["patch_size"] == [32, 32]
+
+    # predict writes nnU-Net's output for a raw case: CASE.nii.gz on the input's grid, the labels the
+    # exported model gives the case's preprocessed slices (here on the plan's grid: nothing to resample)
+    patient = data.test.groups[0]
+    case = raw / "imagesTr" / f"{patient}_0000.nii.gz"
+    done = run_cli("predict", "--model", str(out), str(case), "--out", str(tmp_path / "labels"))
+    assert done.returncode == 0, done.stderr
+    written = nibabel.load(tmp_path / "labels" / f"{patient}.nii.gz")
+    assert written.shape == nibabel.load(case).shape and np.allclose(written.affine, nibabel.load(case).affine)
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    rows = [i for i, group in enumerate(data.test.groups) if group == patient]
+    expected = np.concatenate([session.run(None, {session.get_inputs()[0].name: data.test.images[[i]].numpy()})[0]
+                               for i in rows]).argmax(1)
+    assert np.array_equal(np.asarray(written.dataobj).transpose(2, 1, 0), expected)
+    done = run_cli("predict", "--model", str(out), str(tmp_path / "labels"), "--out", str(tmp_path / "x"))
+    assert done.returncode == 0  # a folder of one-channel cases named CASE.nii.gz: each its own case
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "slice.png")
+    done = run_cli("predict", "--model", str(out), str(tmp_path / "slice.png"), "--out", str(tmp_path / "y"))
+    assert done.returncode == 2 and "reads NIfTI cases" in done.stderr
 
 
 def test_fold_and_weights_are_refused_where_they_do_not_fit(tmp_path, trained):
@@ -184,3 +206,25 @@ def test_preprocessing_matches_nnunets_default_preprocessor(tmp_path, reader, sc
     assert data.shape == expected.shape and data.shape[2:] != (40, 36)  # cropped and resampled
     assert np.abs(data - expected).max() < 1e-4
     assert np.array_equal(seg, expected_seg[0])
+
+
+@pytest.mark.parametrize("reader", ["SimpleITKIO", "NibabelIOWithReorient"])
+def test_a_case_off_the_plans_grid_maps_back_onto_its_own(tmp_path, reader):
+    """Cropped, resampled and fitted to the patch, then back: the labels of a model that copies
+    its input's sign land on the file's own grid, where the input was positive."""
+    plan = NnunetPreprocessing(reader, (0, 1, 2), (1.5, 1.5), ("NoNormalization",), (False,), {}, (24, 40))
+    volume = np.full((40, 36, 3), 20.0, np.float32)
+    volume[:4] = 0  # outside the body: cropped away
+    volume[10:30, 8:20] = 200.0
+    volume[15:25, 24:30, 1:] = 200.0
+    file = tmp_path / "case_0000.nii.gz"
+    nibabel.Nifti1Image(volume, np.diag([-1.2, 1.3, 8.0, 1.0])).to_filename(str(file))  # x flipped: reoriented and back
+    inputs, geometry = prepare_case([file], plan)
+    assert inputs.shape == (3, 1, 24, 40)  # (Y, X): 36 x 1.3 mm -> 31 px, cropped to 24; 36 x 1.2 mm -> 29, padded to 40
+    logits = np.concatenate([np.zeros_like(inputs), (inputs > 100).astype(np.float32) * 10], axis=1)
+    image = nibabel.load(file)
+    labels = labels_on_file_grid(logits, geometry, plan, image)
+    assert labels.shape == image.shape
+    truth = volume > 100
+    assert (labels.astype(bool) == truth).mean() > 0.97  # resampled twice: edges may move a pixel
+    assert labels[25, 12, 0] == 1 and labels[5, 30, 2] == 0 and labels[0, 0, 0] == 0

@@ -26,6 +26,7 @@ nnU-Net itself would slide a window over a larger one). Label -1 counts as backg
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,14 @@ class NnunetPreprocessing:
     use_mask_for_norm: tuple[bool, ...]
     intensity: dict[str, dict]  # foreground_intensity_properties_per_channel, by channel index as a string
     patch_size: tuple[int, int]
+
+    def to_dict(self) -> dict:
+        """JSON-safe; ``NnunetPreprocessing.from_dict(p.to_dict()) == p`` (the model card stores it)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NnunetPreprocessing":
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
 
     @classmethod
     def from_plans(cls, plans: dict, configuration: dict) -> "NnunetPreprocessing":
@@ -205,3 +214,62 @@ def _fit_to_patch(data: np.ndarray, labels: np.ndarray, patch: tuple[int, int]) 
             data = np.take(data, range(start, start + size), axis=2 + axis)
             labels = np.take(labels, range(start, start + size), axis=1 + axis)
     return data, labels
+
+
+@dataclass(frozen=True)
+class CaseGeometry:
+    """Where a case's preprocessed slices came from, to map predictions back onto its file's grid."""
+
+    transposed_shape: tuple[int, int, int]  # (Z, Y, X) after transpose_forward, before cropping
+    box: tuple[slice, slice, slice]  # the crop to the non-zero region
+    resampled: tuple[int, int]  # (Y, X) of each slice after resampling, before fitting to the patch
+    canonical_affine: np.ndarray | None  # NibabelIOWithReorient: the RAS affine the case was read in
+
+
+def prepare_case(files: list[Path], plan: NnunetPreprocessing) -> tuple[np.ndarray, CaseGeometry]:
+    """A raw case's network input, (Z, C, patch Y, patch X) float32, as :func:`read_nnunet_raw` makes slices."""
+    data, _, spacing = read_case(files, None, plan.reader)
+    transposed = tuple(data.shape[1:][axis] for axis in plan.transpose_forward)
+    nonzero = binary_fill_holes(np.any(data.transpose(0, *(a + 1 for a in plan.transpose_forward)) != 0, axis=0))
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(nonzero)) if nonzero.any() else \
+        tuple(slice(0, n) for n in transposed)
+    prepared, _ = preprocess_case(data, None, spacing, plan)
+    fitted, _ = _fit_to_patch(prepared, np.zeros(prepared.shape[1:], np.int16), plan.patch_size)
+    canonical = nibabel.as_closest_canonical(nibabel.load(files[0])).affine if plan.reader == "NibabelIOWithReorient" else None
+    return fitted.transpose(1, 0, 2, 3), CaseGeometry(transposed, box, tuple(prepared.shape[2:]), canonical)
+
+
+def labels_on_file_grid(logits: np.ndarray, geometry: CaseGeometry, plan: NnunetPreprocessing, image) -> np.ndarray:
+    """Labels (X, Y, Z) on the grid of the case's file ``image`` from the network's (Z, L, patch Y, patch X) logits:
+    the patch fit undone, class probabilities resampled back linearly (as nnU-Net exports), argmax, the crop
+    undone (background outside), the transpose and any reorientation undone."""
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = _unfit_patch(exp / exp.sum(axis=1, keepdims=True), geometry.resampled)
+    cropped = tuple(s.stop - s.start for s in geometry.box)
+    if tuple(probabilities.shape[2:]) != cropped[1:]:
+        probabilities = np.stack([_resampled(p[:, None], list(cropped[1:]), order=1)[:, 0] for p in probabilities])
+    labels = np.zeros(geometry.transposed_shape, np.uint8)
+    labels[geometry.box] = probabilities.argmax(axis=1)
+    labels = labels.transpose(np.argsort(plan.transpose_forward)).transpose(2, 1, 0)
+    if geometry.canonical_affine is None:
+        return labels
+    back = nibabel.orientations.ornt_transform(nibabel.orientations.io_orientation(geometry.canonical_affine),
+                                               nibabel.orientations.io_orientation(image.affine))
+    return np.asarray(nibabel.orientations.apply_orientation(labels, back))
+
+
+def _unfit_patch(probabilities: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Undo :func:`_fit_to_patch` on (Z, L, patch Y, patch X): padding cropped, a cropped border given to background."""
+    for axis, size in enumerate(shape):
+        have = probabilities.shape[2 + axis]
+        if have > size:
+            start = (have - size) // 2
+            probabilities = np.take(probabilities, range(start, start + size), axis=2 + axis)
+        elif have < size:
+            before = (size - have) // 2
+            widths = [(0, 0), (0, 0)] + [(before, size - have - before) if a == axis else (0, 0) for a in (0, 1)]
+            background = np.zeros(probabilities.shape[1])[None, :, None, None]
+            background[0, 0] = 1.0
+            padded = np.pad(probabilities - background, widths) + background
+            probabilities = padded
+    return probabilities
