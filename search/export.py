@@ -25,7 +25,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
-from ..space import Recipe, figures, rebuild
+from ..space import Recipe, figures, is_nnunet_folder, nnunet_fold, rebuild, write_nnunet_folder
 from ..units import ms
 from .card import ONNX_FILE, write_card
 from .data import SegmentationData
@@ -56,7 +56,8 @@ class Exported:
 
 
 def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_url: str,
-                 budget_ms: float | None = None, context: Context | None = None, precision: str = "fp32") -> Exported:
+                 budget_ms: float | None = None, context: Context | None = None, precision: str = "fp32",
+                 nnunet_folder: bool = False) -> Exported:
     """Write ``model.onnx``, ``model.pt2`` and ``model.json`` for ``trial`` into ``folder``.
 
     The model is judged against ``budget_ms`` (default: the study's). ``context`` (the
@@ -64,7 +65,9 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
     writes ``model.int8.onnx`` and the card's ``int8`` section (:func:`_int8_section`); a
     trial searched in INT8 (user attribute ``precision``) is always exported so. The card's
     top-level figures (``dice``, ``latency``, ``per_volume``, ``file_size``, ``sha256``)
-    and the verdict are those of the deployed file, ``deploy``.
+    and the verdict are those of the deployed file, ``deploy``. ``nnunet_folder`` also makes
+    ``folder`` an nnU-Net trained-model folder (:func:`~autosculpt.space.write_nnunet_folder`)
+    for a study of an nnU-Net; a network its plans cannot describe raises UserError first.
     """
     searched = trial.user_attrs.get("precision", "fp32")
     precision = "int8" if searched == "int8" else precision
@@ -77,6 +80,11 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
     context = context or prepare(replace(settings, distill=0.0), study_baseline(study, storage_url))
     net = trial_network(trial, context, storage_url, study)
     folder.mkdir(parents=True, exist_ok=True)
+    if nnunet_folder:
+        if not is_nnunet_folder(settings.model):
+            raise UserError(f"--format nnunet needs a study of an nnU-Net trained-model folder, and {study.study_name} "
+                            f"searched {settings.model}: export it as ONNX")
+        write_nnunet_folder(nnunet_fold(settings.model), net, folder)
     fp32 = _scored(ONNX_FILE, to_onnx(net, tuple(context.example.shape)), study, context, folder)
     torch.export.save(torch.export.export(net, (context.example,)), folder / "model.pt2")
     quantized, int8 = _int8_model(fp32.onnx, study, context, folder) if precision == "int8" else (None, None)

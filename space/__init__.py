@@ -15,7 +15,7 @@ from ._prune import GroupSurvey, apply_recipe, layer_groups, rebuild, survey_gro
 from ._recipe import LayerGroup, Recipe, channel_plan
 from ._space import SearchSpace
 from ._warm import warm_start
-from ._nnunet import NnunetFold, is_nnunet_folder, load_nnunet_model, nnunet_fold
+from ._nnunet import NnunetFold, is_nnunet_folder, load_nnunet_model, nnunet_fold, write_nnunet_folder
 from ._usermodel import load_user_model, model_digest
 from .unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, round_channels
 
@@ -44,4 +44,5 @@ __all__ = [
     "round_channels",
     "survey_groups",
     "warm_start",
+    "write_nnunet_folder",
 ]

@@ -14,6 +14,7 @@ is not needed, dynamic-network-architectures is.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -30,6 +31,8 @@ from ._errors import brief
 from ._usermodel import first_output
 
 CHECKPOINT = "checkpoint_final.pth"
+_ENCODER_STAGE = re.compile(r"encoder\.(?:stages\.(\d+)|stem)\.")
+_DECODER_STAGE = re.compile(r"decoder\.(?:stages|transpconvs)\.(\d+)(?:\.|$)")
 # Where a plan's classes may come from: nnU-Net's networks and PyTorch's layers, nothing else.
 _TRUSTED_MODULES = ("dynamic_network_architectures.", "torch.nn.")
 
@@ -67,6 +70,19 @@ class NnunetFold:
         """How many pixels of input each output pixel of the deepest stage spans: sizes must be multiples."""
         strides = self.architecture["arch_kwargs"]["strides"]
         return math.prod(max(s) if isinstance(s, (list, tuple)) else s for s in strides)
+
+
+def nnunet_stages(names: list[str]) -> dict[str, int]:
+    """nnU-Net's stage of each layer group of a PlainConvUNet or ResidualEncoderUNet: ``encoder.stages.N``
+    (and the stem) are stage N; ``decoder.stages.J`` and ``decoder.transpconvs.J`` work at the resolution
+    of stage ``n_stages - 2 - J``. Every layer of a stage has that stage's ``features_per_stage``."""
+    encoder = {name: int(m.group(1) or 0) for name in names if (m := _ENCODER_STAGE.match(name))}
+    decoder = {name: int(m.group(1)) for name in names if (m := _DECODER_STAGE.match(name))}
+    if other := [name for name in names if name not in encoder and name not in decoder]:
+        raise UserError(f"the nnunet-stages space needs nnU-Net's encoder.stages.N and decoder.stages.N layers, "
+                        f"and {other[0]} is neither: search this model per-layer")
+    n_stages = max([s + 1 for s in encoder.values()] + [j + 2 for j in decoder.values()])
+    return {**encoder, **{name: n_stages - 2 - j for name, j in decoder.items()}}
 
 
 def is_nnunet_folder(spec: str) -> bool:
@@ -214,3 +230,51 @@ def _network_weights(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise UserError(f"{path} has no network_weights: give the checkpoint_final.pth nnU-Net wrote")
     return {key.removeprefix("_orig_mod."): value for key, value in state.items()}
+
+
+def write_nnunet_folder(fold: NnunetFold, network: nn.Module, out: Path) -> Path:
+    """Write ``network``, pruned from ``fold``'s, as an nnU-Net trained-model folder in ``out``: ``plans.json``
+    with its ``features_per_stage``, ``dataset.json`` and ``fold_N/checkpoint_final.pth`` in nnU-Net's layout
+    (the original checkpoint's trainer, mirroring axes and init arguments, the new plans and weights).
+
+    A network whose layers of one stage kept different channels is no network the plans can describe:
+    :class:`UserError` (search with the ``nnunet-stages`` space to get only such networks).
+    """
+    features = _features_per_stage(network)
+    plans = copy.deepcopy(fold.plans)
+    config = copy.deepcopy(fold.config)
+    config.pop("inherits_from", None)
+    config["architecture"]["arch_kwargs"]["features_per_stage"] = features
+    plans["configurations"] = {fold.configuration: config}
+    pruned = NnunetFold(out, fold.fold, fold.configuration, config, plans, fold.dataset)
+    try:
+        _build(pruned).load_state_dict(network.state_dict())
+    except RuntimeError as err:
+        raise UserError(f"the pruned network is not one nnU-Net's plans describe ({brief(err)}): "
+                        "only ONNX can describe it; search with --space nnunet-stages") from err
+    checkpoint = torch.load(fold.checkpoint, map_location="cpu", weights_only=True)
+    init_args = {**checkpoint.get("init_args", {}), "plans": plans, "configuration": fold.configuration,
+                 "fold": fold.fold, "dataset_json": fold.dataset}
+    (out / f"fold_{fold.fold}").mkdir(parents=True, exist_ok=True)
+    (out / "plans.json").write_text(json.dumps(plans, indent=2))
+    (out / "dataset.json").write_text(json.dumps(fold.dataset, indent=2))
+    torch.save({key: value for key, value in checkpoint.items() if key not in ("optimizer_state", "grad_scaler_state")}
+               | {"network_weights": network.state_dict(), "init_args": init_args, "optimizer_state": None,
+                  "grad_scaler_state": None}, pruned.checkpoint)
+    return out
+
+
+def _features_per_stage(network: nn.Module) -> list[int]:
+    """The output channels of each nnU-Net stage's convolutions; UserError where a stage's disagree."""
+    layers = {name: module for name, module in network.named_modules()
+              if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and "seg_layers" not in name}
+    stages = nnunet_stages(list(layers))
+    widths: dict[int, set[int]] = {}
+    for name, stage in stages.items():
+        layer = layers[name]
+        widths.setdefault(stage, set()).add(layer.out_channels)
+    if mixed := [stage for stage, found in sorted(widths.items()) if len(found) > 1]:
+        raise UserError(f"stage {mixed[0]} of the pruned network has layers of {sorted(widths[mixed[0]])} channels, "
+                        "and nnU-Net's plans give a stage one width: only ONNX can describe it; "
+                        "search with --space nnunet-stages")
+    return [widths[stage].pop() for stage in sorted(widths)]

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
+from ._nnunet import nnunet_stages
 from ._recipe import IMPORTANCES, METHODS, LayerGroup, Recipe, is_ignored
 
 if TYPE_CHECKING:
     import optuna
 
-GRANULARITIES = ("per-layer", "per-stage", "uniform")
+GRANULARITIES = ("per-layer", "per-stage", "nnunet-stages", "uniform")
 PRESETS_DIR = Path(__file__).with_name("presets")
 _KEYS = {
     "": {"granularity", "methods", "keep", "width", "channels", "importance", "ignore"},
@@ -29,8 +30,9 @@ _KEYS = {
 class SearchSpace:
     """Which recipes a study may try, as an Optuna trial samples them.
 
-    Optuna parameters: ``keep.<group name>`` (per-layer), ``keep.<stage>`` (per-stage) or
-    ``keep`` (uniform), each a float in [keep_low, keep_high]; ``width`` from
+    Optuna parameters: ``keep.<group name>`` (per-layer), ``keep.<stage>`` (per-stage),
+    ``keep.stage<N>`` (nnunet-stages: nnU-Net's stage N, its encoder stage and the decoder
+    stage at its resolution, so every network is one nnU-Net's plans describe) or ``keep`` (uniform), each a float in [keep_low, keep_high]; ``width`` from
     ``width_choices`` and ``method`` from ``methods``, each only when there is more than one
     choice. A group's kept fraction is its keep times the width. Groups named by ``ignore``
     stay at full width. Impossible settings raise :class:`UserError` naming the TOML key.
@@ -141,7 +143,8 @@ class SearchSpace:
         method = _choose(trial, "method", self.methods)
         width = _choose(trial, "width", self.width_choices)
         low, high, step, log = self.keep_low, self.keep_high, self.keep_step, self.keep_log
-        keep = {g.name: trial.suggest_float(self._param(g), low, high, step=step, log=log) for g in searched}
+        params = self._params(searched)
+        keep = {g.name: trial.suggest_float(params[g.name], low, high, step=step, log=log) for g in searched}
         return Recipe(
             method=method,
             keep=keep,
@@ -167,7 +170,7 @@ class SearchSpace:
         """
         if count < 1:
             raise UserError(f"warm-start count {count} must be at least 1")
-        names = sorted({self._param(g) for g in self.searched(groups)})
+        names = sorted(set(self._params(self.searched(groups)).values()))
         largest = self.keep_high * max(self.width_choices)
         smallest = self.keep_low * min(self.width_choices)
         if around is not None:
@@ -191,8 +194,9 @@ class SearchSpace:
         if self.granularity == "uniform":
             raise UserError("a uniform space has one keep ratio for every layer: caps need per-layer or per-stage")
         widest: dict[str, int] = {}
-        for g in self.searched(groups):
-            widest[self._param(g)] = max(widest.get(self._param(g), 0), g.channels)
+        searched = self.searched(groups)
+        for g, param in zip(searched, self._params(searched).values()):
+            widest[param] = max(widest.get(param, 0), g.channels)
         wanted = {name: min(1.0, cap / channels) for name, channels in widest.items()}
 
         def clipping(width: float) -> float:
@@ -232,10 +236,16 @@ class SearchSpace:
             raise UserError(f"ignore = {list(self.ignore)} leaves no layer group to search: ignore fewer layers")
         return searched
 
-    def _param(self, group: LayerGroup) -> str:
+    def _params(self, groups: Sequence[LayerGroup]) -> dict[str, str]:
+        """The Optuna parameter of each group, by group name (in the order of ``groups``)."""
         if self.granularity == "per-layer":
-            return f"keep.{group.name}"
-        return f"keep.{group.stage}" if self.granularity == "per-stage" else "keep"
+            return {g.name: f"keep.{g.name}" for g in groups}
+        if self.granularity == "per-stage":
+            return {g.name: f"keep.{g.stage}" for g in groups}
+        if self.granularity == "nnunet-stages":
+            stages = nnunet_stages([g.name for g in groups])
+            return {g.name: f"keep.stage{stages[g.name]}" for g in groups}
+        return {g.name: "keep" for g in groups}
 
 
 def presets() -> list[str]:

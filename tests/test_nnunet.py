@@ -23,7 +23,9 @@ from autosculpt.search.study import study_data
 from autosculpt.search.data import NnunetPreprocessing
 from autosculpt.search.data._nnunet import labels_on_file_grid, prepare_case, preprocess_case, read_case
 from autosculpt.search.train import evaluate
-from autosculpt.space import is_nnunet_folder, load_nnunet_model, model_digest, nnunet_fold
+from autosculpt.space import (Recipe, SearchSpace, apply_recipe, is_nnunet_folder, layer_groups, load_nnunet_model,
+                              model_digest, nnunet_fold, write_nnunet_folder)
+from autosculpt.space._nnunet import nnunet_stages
 
 pytest.importorskip("dynamic_network_architectures")
 
@@ -228,3 +230,65 @@ def test_a_case_off_the_plans_grid_maps_back_onto_its_own(tmp_path, reader):
     truth = volume > 100
     assert (labels.astype(bool) == truth).mean() > 0.97  # resampled twice: edges may move a pixel
     assert labels[25, 12, 0] == 1 and labels[5, 30, 2] == 0 and labels[0, 0, 0] == 0
+
+
+# --- back into nnU-Net ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", [PLAIN, RESENC], ids=["PlainConvUNet", "ResidualEncoderUNet"])
+def test_the_pruned_network_goes_back_into_nnunet(tmp_path, architecture):
+    """Searched one width per stage, exported as a trained-model folder: nnunetv2's own predictor loads it
+    and labels a test case as autosculpt predict and the ONNX model do (test-time mirroring off)."""
+    predictor_module = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
+    folder = write_trained_folder(tmp_path / "results", plans(architecture), nnunet_network(architecture).state_dict())
+    raw = write_raw_dataset(tmp_path / "raw" / "Dataset027_Heart")
+    url, out, pruned = f"sqlite:///{tmp_path / 'studies.db'}", tmp_path / "best", tmp_path / "pruned"
+    done = run_cli("search", "--preset", "smoke", "--model", str(folder), "--data", str(raw), "--space", "nnunet-stages",
+                   "--speedup", "1.5", "--trials", "1", "--study", "nn", "--storage", url, "--out", str(out))
+    assert done.returncode in FLOW, done.stderr
+    done = run_cli("export", "nn", "--storage", url, "--format", "nnunet", "--out", str(pruned))
+    assert done.returncode in FLOW, done.stderr
+    features = json.loads((pruned / "plans.json").read_text())["configurations"]["2d"]["architecture"]["arch_kwargs"]
+    assert features["features_per_stage"] != [8, 16, 32, 32]  # pruned, one width per stage
+    assert {p.name for p in pruned.iterdir()} >= {"plans.json", "dataset.json", "fold_0", "model.onnx", "model.json"}
+
+    predictor = predictor_module.nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False,
+                                                 device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(pruned), use_folds=(0,), checkpoint_name="checkpoint_final.pth")
+    patient = sorted(p.name.removesuffix("_0000.nii.gz") for p in (raw / "imagesTr").iterdir())[0]
+    case = raw / "imagesTr" / f"{patient}_0000.nii.gz"
+    (tmp_path / "nnunet").mkdir()
+    predictor.predict_from_files_sequential([[str(case)]], [str(tmp_path / "nnunet" / patient)], False, True, None)
+    by_nnunet = np.asarray(nibabel.load(tmp_path / "nnunet" / f"{patient}.nii.gz").dataobj)
+    done = run_cli("predict", "--model", str(pruned), str(case), "--out", str(tmp_path / "ours"))
+    assert done.returncode == 0, done.stderr
+    by_us = np.asarray(nibabel.load(tmp_path / "ours" / f"{patient}.nii.gz").dataobj)
+    assert by_us.shape == by_nnunet.shape
+    # nnU-Net sums its sliding window in float16, weighted by a Gaussian that is ~0 at the patch's
+    # corners: pixels where the best two logits are within 0.02 may differ; nowhere else.
+    inputs, _ = prepare_case([case], NnunetPreprocessing.from_dict(json.loads((pruned / "model.json").read_text())
+                                                                   ["nnunet_preprocessing"]))
+    session = onnxruntime.InferenceSession(str(pruned / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = np.concatenate([session.run(None, {session.get_inputs()[0].name: inputs[[z]]})[0] for z in range(len(inputs))])
+    top_two = np.sort(logits, axis=1)[:, -2:]
+    clear = (top_two[:, 1] - top_two[:, 0] > 0.02).transpose(2, 1, 0)  # on the file's grid (plan's spacing: no resampling)
+    assert np.array_equal(by_us, logits.argmax(1).transpose(2, 1, 0))  # autosculpt predict = the ONNX model
+    assert np.array_equal(by_us[clear], by_nnunet[clear]) and clear.mean() > 0.5  # a barely trained net: close calls
+
+
+def test_a_network_of_mixed_stage_widths_is_refused_for_nnunet(tmp_path, trained):
+    folder, network = trained
+    fold = nnunet_fold(str(folder))
+    model = load_nnunet_model(str(folder))
+    x = torch.zeros(1, 1, 32, 32)
+    groups = layer_groups(model, x)
+    mixed = apply_recipe(model, Recipe(keep={groups[0].name: 0.5}), x)
+    with pytest.raises(UserError, match=r"stage 0 of the pruned network has layers of \[4, 8\] channels.*nnunet-stages"):
+        write_nnunet_folder(fold, mixed, tmp_path / "out")
+    assert SearchSpace.load("nnunet-stages")._params(groups) == {
+        g.name: f"keep.stage{nnunet_stages([x.name for x in groups])[g.name]}" for g in groups}
+    assert nnunet_stages(["encoder.stages.0.0.convs.0.conv", "encoder.stages.3.0.convs.1.conv",
+                          "decoder.transpconvs.0", "decoder.stages.2.convs.0.conv"]) == {
+        "encoder.stages.0.0.convs.0.conv": 0, "encoder.stages.3.0.convs.1.conv": 3,
+        "decoder.transpconvs.0": 2, "decoder.stages.2.convs.0.conv": 0}

@@ -19,6 +19,7 @@ EXAMPLES = [
     "autosculpt export unet-20ms-20261125-011200 --budget-ms 10 --out model-10ms/   # best within another budget",
     "autosculpt export unet-20ms-20261125-011200 --trial 17 --out trial17/",
     f"autosculpt export unet-20ms-20261125-011200 --precision int8 --out model/   # also {INT8_FILE}, measured against fp32",
+    "autosculpt export heart-nnunet --format nnunet --out pruned_nnunet/   # a trained-model folder nnU-Net loads",
 ]
 
 
@@ -32,6 +33,10 @@ def register(subparsers) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help=f"int8: also write {INT8_FILE} (static QDQ quantization calibrated on training slices) with "
                              "its own test Dice and latency in model.json; model.onnx stays fp32 (default fp32)")
+    parser.add_argument("--format", choices=("onnx", "nnunet"), default="onnx",
+                        help="nnunet: also make --out an nnU-Net trained-model folder (plans.json, dataset.json, "
+                             "fold_N/checkpoint_final.pth) for a study of an nnU-Net searched with --space nnunet-stages "
+                             "(default onnx)")
     parser.epilog += (f"\n\nexit status: 0 when the model meets the budget and the study's --max-dice-loss; "
                       f"{EXIT_VERDICT_FAILED} when it was\nwritten but misses either (the last line says which); 2 on bad input.")
 
@@ -48,7 +53,8 @@ def run(args) -> int:
         trial = best_feasible(study, args.budget_ms)
         if trial is None:
             raise UserError(no_feasible_message(study, args.budget_ms or settings.budget_ms))
-    exported = export_trial(study, trial, Path(args.out), url, budget_ms=args.budget_ms, precision=args.precision)
+    exported = export_trial(study, trial, Path(args.out), url, budget_ms=args.budget_ms, precision=args.precision,
+                            nnunet_folder=args.format == "nnunet")
     card = exported.card
     print(f"exported trial {trial.number} to {args.out}: test Dice {card['dice']:.3f}, "
           f"{card['latency']['median_ms']:.2f} ms median ({card['latency']['runtime']}, {card['latency']['threads']} thread), "
