@@ -34,8 +34,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import UserError
 from .card import deployed_file, measured_threads, read_card
 from .data import (IMAGE_SUFFIXES, VOLUME_SUFFIXES, NnunetPreprocessing, channel_of, fit, group_channels, image_channels,
-                   image_tile, is_volume, load_nifti, normalise, overlay_tile, read_image, scaled_size, volume_name)
-from .data._nnunet import labels_on_file_grid, prepare_case
+                   image_tile, is_volume, labels_on_file_grid, load_nifti, normalise, overlay_tile, prepare_case,
+                   read_image, scaled_size, volume_name)
 
 
 def load_session(model_dir: Path) -> onnxruntime.InferenceSession:

@@ -11,7 +11,7 @@ will train on.
 from ._channels import VOLUME_SUFFIXES, channel_of, group_channels, is_volume, load_nifti, volume_name
 from ._files import IMAGE_SUFFIXES, fit, image_channels, read_image, scaled_size, suggested_image_size
 from ._load import load_data, normalise
-from ._nnunet import NnunetPreprocessing
+from ._nnunet import NnunetPreprocessing, labels_on_file_grid, prepare_case
 from ._preview import image_tile, overlay_tile, save_preview
 from ._types import SegmentationData, Split
 
@@ -27,10 +27,12 @@ __all__ = [
     "image_channels",
     "image_tile",
     "is_volume",
+    "labels_on_file_grid",
     "load_data",
     "load_nifti",
     "normalise",
     "overlay_tile",
+    "prepare_case",
     "read_image",
     "save_preview",
     "scaled_size",
