@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -221,12 +222,24 @@ def _build(fold: NnunetFold) -> nn.Module:
         raise UserError(f"{message}: install dynamic-network-architectures==0.4.4") from err
 
 
-def _network_weights(path: Path) -> dict[str, torch.Tensor]:
+def _read_checkpoint(path: Path) -> dict:
+    """nnU-Net's checkpoint, read with ``weights_only=True``. Its training log holds numpy scalars
+    (float32 Dice and losses), so numpy's scalar and dtype reconstructors are allowed: they build
+    a number from a dtype and its bytes and run nothing else."""
+    numpy_scalars = [np._core.multiarray.scalar, np.dtype, *(type(np.dtype(t)) for t in ("f4", "f8", "i4", "i8", "?"))]
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(numpy_scalars):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UserError(f"cannot read {path} ({brief(err)}): give the checkpoint nnU-Net wrote") from err
-    state = checkpoint.get("network_weights") if isinstance(checkpoint, dict) else None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path} holds a {type(checkpoint).__name__}: give the checkpoint_final.pth nnU-Net wrote")
+    return checkpoint
+
+
+def _network_weights(path: Path) -> dict[str, torch.Tensor]:
+    checkpoint = _read_checkpoint(path)
+    state = checkpoint.get("network_weights")
     if not isinstance(state, dict):
         raise UserError(f"{path} has no network_weights: give the checkpoint_final.pth nnU-Net wrote")
     return {key.removeprefix("_orig_mod."): value for key, value in state.items()}
@@ -252,7 +265,7 @@ def write_nnunet_folder(fold: NnunetFold, network: nn.Module, out: Path) -> Path
     except RuntimeError as err:
         raise UserError(f"the pruned network is not one nnU-Net's plans describe ({brief(err)}): "
                         "only ONNX can describe it; search with --space nnunet-stages") from err
-    checkpoint = torch.load(fold.checkpoint, map_location="cpu", weights_only=True)
+    checkpoint = _read_checkpoint(fold.checkpoint)
     init_args = {**checkpoint.get("init_args", {}), "plans": plans, "configuration": fold.configuration,
                  "fold": fold.fold, "dataset_json": fold.dataset}
     (out / f"fold_{fold.fold}").mkdir(parents=True, exist_ok=True)

@@ -94,8 +94,10 @@ def write_trained_folder(results: Path, plan: dict, network_weights: dict, folds
         (folder / f"fold_{fold}").mkdir()
         checkpoint = {
             "network_weights": network_weights, "optimizer_state": {"state": {}, "param_groups": [{"lr": 0.01}]},
-            "grad_scaler_state": None, "logging": {"mean_fg_dice": [0.5, 0.6], "epoch_start_timestamps": [1.0, 2.0]},
-            "_best_ema": 0.6, "current_epoch": 2,
+            # nnU-Net's training log holds numpy scalars (float32), not Python floats
+            "grad_scaler_state": None, "logging": {"mean_fg_dice": [np.float32(0.5), np.float32(0.6)],
+                                                   "epoch_start_timestamps": [1.0, 2.0]},
+            "_best_ema": np.float32(0.6), "current_epoch": 2,
             "init_args": {"plans": plan, "configuration": configuration, "fold": fold, "dataset_json": dataset,
                           "device": torch.device("cpu")},
             "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1),

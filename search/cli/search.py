@@ -75,6 +75,8 @@ def run(args) -> int:
     settings, defaulted = with_preset(args.preset, given)
     if sized_by_data is not None:
         defaulted.append("image_size")
+    if is_nnunet_folder(settings.model):  # its input is the plan's patch size
+        defaulted = [name for name in defaulted if name not in ("image_size", "weights")]
     if defaulted:
         console.print("defaults used: " + ", ".join(describe(settings, name, sized_by_data) for name in defaulted),
                       soft_wrap=True)
