@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,7 +41,10 @@ def figures(model: nn.Module, example_input: torch.Tensor, groups: Sequence[Laye
     """
     if groups is None:
         groups = layer_groups(model, example_input)
-    macs, _ = tp.utils.count_ops_and_params(model, (example_input,))
+    # Torch-Pruning's counter visits a module reached twice (nnU-Net's decoder keeps a reference to its
+    # encoder) twice, and prints a warning on stdout for each such module, every call: counted all the same.
+    with contextlib.redirect_stdout(io.StringIO()):
+        macs, _ = tp.utils.count_ops_and_params(model, (example_input,))
     channels = {g.name: _out_channels(model, g.name) for g in groups}
     return Figures(sum(p.numel() for p in model.parameters()), int(macs), channels)
 
