@@ -108,7 +108,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
     reader = Reader(url)
     env = {**FAST_HEARTBEAT, "AUTOSCULPT_ARTIFACTS": str(tmp_path / "artifacts")}
     search = Background.start(tmp_path, "search", "search", *SMOKE, "--study", "killed", "--storage", url,
-                              "--trials", "5", "--epochs", "20", "--out", str(tmp_path / "best"), env=env)
+                              "--trials", "5", "--epochs", "60", "--out", str(tmp_path / "best"), env=env)  # long enough for the worker to join
     worker = None
     try:
         wait_for(lambda: study_created(search, "killed"), "study", search)
