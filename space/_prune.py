@@ -54,9 +54,8 @@ class GroupSurvey:
         return tuple(ignore) + tuple(name for name in self.kept_whole if not is_ignored(name, ignore))
 
     def describe(self, most: int = 6) -> str:
-        """One line: "kept whole: N groups: a, b, ... because pruning them breaks the model (...)"."""
-        if not self.kept_whole:
-            return "kept whole: no layer group"
+        """One line: "kept whole: N groups: a, b, ... because pruning them breaks the model (...)";
+        for a survey that keeps something whole."""
         names = list(self.kept_whole)
         shown = ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
         reasons = "; ".join(dict.fromkeys(self.kept_whole.values()))

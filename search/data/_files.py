@@ -75,7 +75,7 @@ def suggested_image_size(root: Path) -> tuple[int, int]:
     if patients:
         sides = [max(nibabel.load(image).shape[:2]) for folder in patients for image, _ in _acdc_pairs(folder)]
     elif (folders := _pair_folders(root)) and folders[0].is_dir():
-        files = _files_by_name(folders[0], IMAGE_SUFFIXES + VOLUME_SUFFIXES).values()
+        files = files_by_name(folders[0], IMAGE_SUFFIXES + VOLUME_SUFFIXES).values()
         sides = [max(nibabel.load(file).shape[:2] if is_volume(file) else _open_lazily(file).size) for file in files]
     else:
         raise UserError(f"{root}: matches no layout: expected {LAYOUTS}")
@@ -237,15 +237,15 @@ def _volume_pair(files: list[Path], mask_file: Path) -> tuple[np.ndarray, np.nda
 def _read_pairs(root: Path, image_size: int, group_by: re.Pattern | None) -> Slices:
     """images/NAME.* with masks/NAME.png|tif, NAME a path that may hold folders
     (images/PATIENT/SLICE.png); or NIfTI volumes images/NAME.nii.gz (or channel files, see
-    :func:`_cases`) with masks/NAME.nii.gz, sliced along their third axis.  Each slice's
+    :func:`cases_by_name`) with masks/NAME.nii.gz, sliced along their third axis.  Each slice's
     group (patient) is :func:`group_of` of NAME; every image has the first one's channels.
     nnU-Net's imagesTr/ and labelsTr/ are read the same way."""
     image_folder, mask_folder = _pair_folders(root)
     for folder in (image_folder, mask_folder):
         if not folder.is_dir():
             raise UserError(f"{root}: has no {folder.name}/ folder: add {folder.name}/ with one file per slice, same names")
-    cases = _cases(_files_by_name(image_folder, IMAGE_SUFFIXES + VOLUME_SUFFIXES),
-                   masks := _files_by_name(mask_folder, MASK_SUFFIXES + VOLUME_SUFFIXES, masks=True))
+    cases = cases_by_name(files_by_name(image_folder, IMAGE_SUFFIXES + VOLUME_SUFFIXES),
+                          masks := files_by_name(mask_folder, MASK_SUFFIXES + VOLUME_SUFFIXES, masks=True))
     names = sorted(cases)
     case_groups = [group_of(name, cases[name][0], group_by) for name in names]
     first = cases[names[0]][0]
@@ -278,7 +278,7 @@ def _read_pairs(root: Path, image_size: int, group_by: re.Pattern | None) -> Sli
                   tuple(groups), class_names, tuple(volume_names), np.asarray(spacing), "mm" if nifti else "px")
 
 
-def _cases(images: dict[str, Path], masks: dict[str, Path]) -> dict[str, list[Path]]:
+def cases_by_name(images: dict[str, Path], masks: dict[str, Path]) -> dict[str, list[Path]]:
     """The image files of each mask, by name: images/NAME with masks/NAME, or nnU-Net's channel
     files images/NAME_0000.nii.gz, NAME_0001.nii.gz, ... with masks/NAME.nii.gz (a name with a
     mask of its own is never a channel file).  Unmatched files, and 2D files mixed with
@@ -306,7 +306,7 @@ def _cases(images: dict[str, Path], masks: dict[str, Path]) -> dict[str, list[Pa
     return cases
 
 
-def _files_by_name(folder: Path, suffixes: tuple[str, ...], masks: bool = False) -> dict[str, Path]:
+def files_by_name(folder: Path, suffixes: tuple[str, ...], masks: bool = False) -> dict[str, Path]:
     """Files under ``folder`` (subfolders too) with one of ``suffixes``, by their path
     relative to ``folder`` without suffix, with ``/`` separators (``p012/s7``); hidden
     files and folders are skipped. ``masks``: the folder holds masks (JPEG refused)."""
@@ -372,14 +372,14 @@ def _class_names(root: Path) -> tuple[str, ...] | None:
     ``dataset.json`` labels, or None when neither is there."""
     file = root / "classes.txt"
     if not file.is_file():
-        return _nnunet_labels(root / "dataset.json") if (root / "dataset.json").is_file() else None
+        return nnunet_labels(root / "dataset.json") if (root / "dataset.json").is_file() else None
     names = tuple(line.strip() for line in file.read_text().splitlines() if line.strip())
     if len(names) < 2:
         raise UserError(f"{file}: {len(names)} class names: list at least 2, background first, one per line")
     return names
 
 
-def _nnunet_labels(file: Path) -> tuple[str, ...]:
+def nnunet_labels(file: Path) -> tuple[str, ...]:
     """Class names by label from nnU-Net's ``dataset.json``: v2 ``{"labels": {"background": 0,
     "RV": 1}}`` or v1 ``{"labels": {"0": "background", "1": "RV"}}``; labels 0, 1, ... without gaps."""
     try:

@@ -37,7 +37,7 @@ from skimage.transform import resize
 
 from ...errors import UserError
 from ._channels import load_nifti
-from ._files import _cases, _files_by_name, _nnunet_labels, compile_group_by, group_of
+from ._files import cases_by_name, files_by_name, nnunet_labels, compile_group_by, group_of
 from ._types import Slices
 
 READERS = ("SimpleITKIO", "NibabelIO", "NibabelIOWithReorient")
@@ -115,10 +115,10 @@ def preprocess_case(data: np.ndarray, labels: np.ndarray | None, spacing: tuple,
 
 def read_nnunet_raw(root: Path, plan: NnunetPreprocessing, group_by: str | None = None) -> Slices:
     """Every labelled case of nnU-Net's raw data set ``root``, preprocessed as nnU-Net does, as slices at the patch size."""
-    images = _files_by_name(root / "imagesTr", (".nii.gz", ".nii"))
-    masks = _files_by_name(root / "labelsTr", (".nii.gz", ".nii"), masks=True)
-    cases, pattern = _cases(images, masks), compile_group_by(group_by)
-    class_names = _nnunet_labels(root / "dataset.json")
+    images = files_by_name(root / "imagesTr", (".nii.gz", ".nii"))
+    masks = files_by_name(root / "labelsTr", (".nii.gz", ".nii"), masks=True)
+    cases, pattern = cases_by_name(images, masks), compile_group_by(group_by)
+    class_names = nnunet_labels(root / "dataset.json")
     slices, labels, groups, volumes, spacing = [], [], [], [], []
     for name in sorted(cases):
         data, seg, case_spacing = read_case(cases[name], masks[name], plan.reader)
