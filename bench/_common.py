@@ -2,7 +2,7 @@
 
 - :func:`make_settings` and :func:`run_study` create a study on a persistent storage or
   resume it (so a long benchmark can run in parts), through the library API;
-- :func:`front` and :func:`hypervolume` read a study's (Dice, latency) trade-off;
+- :func:`front` and :func:`hypervolume` read a study's (Dice, latency) or (Dice, parameters) trade-off;
 - :func:`remeasure` times the baseline and chosen trials side by side, interleaved, in
   one run, so speedups compare figures taken on the same CPU under the same load;
 - :func:`scaling_rows` splits trial time into measurement, fine-tuning and evaluation.
@@ -105,17 +105,17 @@ def tuned(study: optuna.Study) -> list[FrozenTrial]:
     return ranked_within(study.get_trials(deepcopy=False), math.inf)
 
 
-def front(trials: Sequence[FrozenTrial], budget_ms: float = math.inf) -> list[FrozenTrial]:
-    """Trials within ``budget_ms`` that no other is at least as good as in both Dice and latency
-    (and better in one); sorted by latency."""
+def front(trials: Sequence[FrozenTrial], budget_ms: float = math.inf, cost: str = "latency_ms") -> list[FrozenTrial]:
+    """Trials within ``budget_ms`` that no other is at least as good as in both Dice and the
+    user attribute ``cost`` (``latency_ms`` or ``params``; better in one); sorted by cost."""
     within = [t for t in trials if t.user_attrs["latency_ms"] <= budget_ms]
 
     def dominated(t: FrozenTrial) -> bool:
-        d, lat = t.values[0], t.user_attrs["latency_ms"]
-        return any(o.values[0] >= d and o.user_attrs["latency_ms"] <= lat
-                   and (o.values[0] > d or o.user_attrs["latency_ms"] < lat) for o in within)
+        d, c = t.values[0], t.user_attrs[cost]
+        return any(o.values[0] >= d and o.user_attrs[cost] <= c and (o.values[0] > d or o.user_attrs[cost] < c)
+                   for o in within)
 
-    return sorted((t for t in within if not dominated(t)), key=lambda t: t.user_attrs["latency_ms"])
+    return sorted((t for t in within if not dominated(t)), key=lambda t: t.user_attrs[cost])
 
 
 def hypervolume(points: Sequence[tuple[float, float]], reference_ms: float) -> float:
