@@ -1,6 +1,7 @@
 """The dense model the search compresses: built from a preset or a user's class, trained once, cached.
 
-The cache key is (model, weights file, data fingerprint, seed, epochs, torch version, device); the
+The cache key is (model, weights file, data fingerprint, seed, epochs, torch version, device, and
+the training crop where there is one); the
 cache holds a state dict (written atomically, loaded with ``weights_only=True``), never a
 pickled module. A study stores its baseline's state dict as an artifact when it is
 created (:func:`autosculpt.search.study.create_study`): its workers and its export use
@@ -20,8 +21,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from ..errors import UserError
-from ..space import (PRESETS, UNet, is_nnunet_folder, load_nnunet_model, load_user_model, model_digest, nnunet_fold,
-                     preset_config)
+from ..space import (PRESETS, UNet, is_nnunet_folder, load_nnunet_model, load_user_model, load_weights, model_digest,
+                     nnunet_fold, preset_config)
 from .cache import cache_dir, write_atomically
 from .data import SegmentationData
 from .train import Schedule, Scores, evaluate, train
@@ -51,6 +52,8 @@ def build_model(spec: str, data: SegmentationData, weights: str | None = None) -
         model = load_user_model(spec, weights)
     elif spec in PRESETS:
         model = UNet(preset_config(spec, data.in_channels, data.num_classes))
+        if weights:
+            load_weights(model, weights, f"the {spec} preset sized for this data")
     else:
         raise UserError(f"unknown model {spec!r}: use a preset ({', '.join(PRESETS)}) or module:Class / file.py:Class")
     return model
@@ -80,20 +83,23 @@ def example_input(data: SegmentationData, batch: int = 1) -> torch.Tensor:
     return torch.zeros(batch, data.in_channels, *data.image_size)
 
 
-def baseline_key(spec: str, data: SegmentationData, seed: int, epochs: int, weights: str | None, device: str = "cpu") -> str:
+def baseline_key(spec: str, data: SegmentationData, seed: int, epochs: int, weights: str | None, device: str = "cpu",
+                 crop: int | None = None) -> str:
     """Cache key of a baseline: every input that changes its weights."""
     weights_digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest() if weights else None
     if is_nnunet_folder(spec):
         weights_digest = model_digest(spec)  # its plans and checkpoint
-    text = json.dumps([spec, weights_digest, data.fingerprint, seed, epochs, torch.__version__, device])
+    parts = [spec, weights_digest, data.fingerprint, seed, epochs, torch.__version__, device] + ([crop] if crop else [])
+    text = json.dumps(parts)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def get_baseline(
     spec: str, data: SegmentationData, *, seed: int = 0, epochs: int | None = None, weights: str | None = None,
-    device: str = "cpu",
+    device: str = "cpu", crop: int | None = None,
 ) -> Baseline:
-    """The cached baseline for these settings, training it first if needed (on ``device``).
+    """The cached baseline for these settings, training it first if needed (on ``device``,
+    on random ``crop`` x ``crop`` patches when given, see :class:`~.train.Schedule`).
 
     A user's model given with ``weights``, or an nnU-Net fold, is taken as trained: it is
     scored, not trained, whatever ``epochs`` says.
@@ -102,14 +108,14 @@ def get_baseline(
         epochs = 0
     elif epochs is None:
         epochs = BASELINE_EPOCHS.get(spec, BASELINE_EPOCHS["unet"])
-    folder = cache_dir("baselines") / baseline_key(spec, data, seed, epochs, weights, device)
+    folder = cache_dir("baselines") / baseline_key(spec, data, seed, epochs, weights, device, crop if epochs else None)
     state_path = folder / "state.pt"
     torch.manual_seed(seed)
     model = build_model(spec, data, weights)
     if state_path.exists():
         model.load_state_dict(torch.load(state_path, weights_only=True))
     else:
-        _train_with_progress(model, data, Schedule(epochs=epochs, seed=seed, device=device), spec)
+        _train_with_progress(model, data, Schedule(epochs=epochs, seed=seed, device=device, crop=crop), spec)
         folder.mkdir(parents=True, exist_ok=True)
         write_atomically(state_path, lambda partial: torch.save(model.state_dict(), partial))
     return _scored(model.eval(), spec, data, state_path)

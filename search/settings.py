@@ -37,6 +37,9 @@ class Settings:
     ``balance_classes``: fine-tunes (trials and the polish) weigh the cross-entropy
     against class imbalance (:func:`autosculpt.search.train.finetune_schedule`); a
     study stored without it predates that and keeps fine-tuning unweighted on resume.
+    ``crop``: the side of the random patches the baseline and fine-tunes train on (scoring
+    is on whole slices); None chooses by the slices' size
+    (:func:`autosculpt.search.train.training_crop`), 0 trains on whole slices.
     """
 
     budget_ms: float | None = None
@@ -64,6 +67,7 @@ class Settings:
     device: str = "auto"
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     balance_classes: bool = True
+    crop: int | None = None
 
     def __post_init__(self) -> None:
         if self.budget_ms is None and self.speedup is None:
@@ -78,6 +82,8 @@ class Settings:
             raise UserError(f"--trials {self.trials} must be at least 1")
         if self.epochs < 1 or (self.polish_epochs is not None and self.polish_epochs < 0):
             raise UserError("--epochs must be at least 1 and --polish-epochs at least 0")
+        if self.crop is not None and (self.crop < 0 or self.crop % 16):
+            raise UserError(f"--crop {self.crop}: give a multiple of 16 (e.g. 128), or 0 to train on whole slices")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device {self.device!r}: choose auto, cpu or cuda")
         self._check_precisions()

@@ -32,7 +32,7 @@ from .onnx_io import to_onnx
 from .projection import CostModel, LatencyCache
 from .settings import KEPT_WHOLE_ATTR, SETTINGS_ATTR, Settings
 from .storage import artifact_store, load_study, open_storage
-from .train import Schedule, finetune_schedule, resolve_device, teacher_logits
+from .train import Schedule, finetune_schedule, resolve_crop, resolve_device, teacher_logits
 from .weights import download_state_dict, upload_state_dict
 
 REFERENCE_ATTR = "latency_reference"
@@ -65,7 +65,12 @@ class Context:
         """How ``net``, shrunk from the baseline, is fine-tuned (a trial or the polish): on
         this worker's device, balanced as the study's settings say, as :func:`finetune_schedule` says."""
         return finetune_schedule(net, self.baseline_figures.params, epochs, self.settings.balance_classes, seed=seed,
-                                 distill=distill, device=self.device)
+                                 distill=distill, device=self.device, crop=self.crop)
+
+    @property
+    def crop(self) -> int | None:
+        """The side of the patches this study trains on (None: whole slices)."""
+        return resolve_crop(self.settings.crop, self.data.image_size)
 
 
 def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None = None) -> Context:
@@ -92,7 +97,7 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
     apply_recipe(untrained, uniform_recipe(space, 0.5, importance=space.importance), example, calibration)
     baseline = (from_state(settings.model, data, baseline_state, settings.weights) if baseline_state is not None else
                 get_baseline(settings.model, data, seed=settings.seed, epochs=settings.baseline_epochs, weights=settings.weights,
-                             device=device))
+                             device=device, crop=resolve_crop(settings.crop, data.image_size)))
     teacher = teacher_logits(baseline.model, data.train.images) if settings.distill > 0 else None
     return Context(settings, data, baseline, survey, space, Target.from_dict(settings.target),
                    example, figures(baseline.model, example, survey.groups), teacher, calibration, device)

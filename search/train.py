@@ -31,7 +31,9 @@ class Schedule:
     keeps small structures that a tiny pruned net otherwise drops. ``balance_classes``
     weights the cross-entropy by :func:`class_weights` (fine-tunes do, see
     :func:`finetune_schedule`). ``device`` is where training runs (``cpu`` or ``cuda``,
-    see :func:`resolve_device`).
+    see :func:`resolve_device`). ``crop`` trains on random ``crop`` x ``crop`` patches of the
+    training slices, a new window per slice and epoch (see :func:`random_patches`); None
+    trains on whole slices. Validation always scores whole slices.
     """
 
     epochs: int
@@ -42,6 +44,7 @@ class Schedule:
     seed: int = 0
     device: str = "cpu"
     balance_classes: bool = False
+    crop: int | None = None
 
 
 FINETUNE_LR_CAP = 0.02
@@ -80,6 +83,54 @@ def finetune_schedule(net: nn.Module, baseline_params: int, epochs: int, balance
     """
     lr = finetune_lr(baseline_params / max(1, count_parameters(net)))
     return Schedule(epochs=epochs, lr=lr, balance_classes=balance_classes, **options)
+
+
+CROP_FROM = 160  # slices with a side over this many pixels train on crops (:func:`training_crop`)
+CROP_MULTIPLE = 64  # a crop's side is a multiple of this, so every U-Net's poolings divide it
+
+
+def training_crop(image_size: tuple[int, int]) -> int | None:
+    """The crop side training uses on slices of ``image_size`` (H, W): None (whole slices)
+    up to :data:`CROP_FROM` pixels, else half the longer side rounded up to a multiple of
+    :data:`CROP_MULTIPLE` (224 and 256 px train on 128 px patches, 512 px on 256 px)."""
+    side = max(image_size)
+    if side <= CROP_FROM:
+        return None
+    half = -(-side // 2)
+    return -(-half // CROP_MULTIPLE) * CROP_MULTIPLE
+
+
+def resolve_crop(crop: int | None, image_size: tuple[int, int]) -> int | None:
+    """The crop a ``--crop`` setting means for slices of ``image_size``: None chooses
+    (:func:`training_crop`), 0 trains on whole slices (None), N crops N x N."""
+    if crop is None:
+        return training_crop(image_size)
+    return crop or None
+
+
+def random_patches(generator: torch.Generator, size: int, masks: torch.Tensor,
+                   *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The same random ``size`` x ``size`` window of each slice of ``masks`` (N, H, W) and
+    of ``tensors`` (N, ..., H, W): half of the windows centred on a random foreground pixel
+    of the slice (where it has one), the rest anywhere, as nnU-Net oversamples foreground.
+    A side shorter than ``size`` is kept whole. Returns (masks, *tensors) cropped."""
+    count, height, width = masks.shape
+    rows, cols = min(size, height), min(size, width)
+    tops = torch.randint(0, height - rows + 1, (count,), generator=generator)
+    lefts = torch.randint(0, width - cols + 1, (count,), generator=generator)
+    centred = torch.rand(count, generator=generator) < 0.5
+    for i in torch.nonzero(centred).flatten().tolist():
+        ys, xs = torch.nonzero(masks[i], as_tuple=True)
+        if len(ys):
+            pick = int(torch.randint(0, len(ys), (1,), generator=generator))
+            tops[i] = int(ys[pick]) - rows // 2
+            lefts[i] = int(xs[pick]) - cols // 2
+    tops, lefts = tops.clamp(0, height - rows), lefts.clamp(0, width - cols)
+
+    def cut(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.stack([t[..., y : y + rows, x : x + cols] for t, y, x in zip(tensor, tops.tolist(), lefts.tolist())])
+
+    return tuple(cut(t) for t in (masks, *tensors))
 
 
 def class_weights(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -223,11 +274,11 @@ def _train_epoch(model, split, schedule, optimizer, lr_schedule, generator, teac
     total = 0.0
     for start in range(0, len(order), schedule.batch_size):
         index = order[start : start + schedule.batch_size]
-        logits = model(split.images[index].to(schedule.device))
-        loss = segmentation_loss(logits, split.masks[index].to(schedule.device), weights)
+        masks, images, *target = _batch(split, index, schedule, generator, teacher_outputs)
+        logits = model(images)
+        loss = segmentation_loss(logits, masks, weights)
         if schedule.distill > 0:
-            target = teacher_outputs[index].to(schedule.device)
-            loss = loss + schedule.distill * distillation_loss(logits, target, schedule.temperature)
+            loss = loss + schedule.distill * distillation_loss(logits, target[0], schedule.temperature)
         value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"training diverged: the loss is {value} (check the data for NaN or infinite values)")
@@ -237,3 +288,15 @@ def _train_epoch(model, split, schedule, optimizer, lr_schedule, generator, teac
         lr_schedule.step()
         total += value * len(index)
     return total / len(order)
+
+
+def _batch(split: Split, index: torch.Tensor, schedule: Schedule, generator: torch.Generator,
+           teacher_outputs: torch.Tensor | None) -> list[torch.Tensor]:
+    """[masks, images] of the slices ``index`` (and the teacher's logits when distilling),
+    cropped as ``schedule.crop`` says, on ``schedule.device``."""
+    tensors = [split.masks[index], split.images[index]]
+    if schedule.distill > 0:
+        tensors.append(teacher_outputs[index])
+    if schedule.crop:
+        tensors = random_patches(generator, schedule.crop, *tensors)
+    return [t.to(schedule.device) for t in tensors]

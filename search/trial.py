@@ -222,6 +222,8 @@ class TrialRunner:
         history: list[float] = []
         trial.set_user_attr("device", ctx.device)
         trial.set_user_attr("lr", schedule.lr)
+        if schedule.crop:
+            trial.set_user_attr("crop", schedule.crop)
 
         def on_epoch(epoch: int, loss: float, scores: Scores) -> bool:
             history.append(scores.mean)

@@ -16,7 +16,7 @@ from ._recipe import LayerGroup, Recipe, channel_plan
 from ._space import SearchSpace
 from ._warm import warm_start
 from ._nnunet import NnunetFold, is_nnunet_folder, load_nnunet_model, nnunet_fold, write_nnunet_folder
-from ._usermodel import load_user_model, model_digest
+from ._usermodel import load_user_model, load_weights, model_digest
 from .unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, round_channels
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "layer_groups",
     "load_nnunet_model",
     "load_user_model",
+    "load_weights",
     "model_digest",
     "nnunet_fold",
     "preset_config",

@@ -29,7 +29,7 @@ def load_user_model(spec: str, state_dict_path: str | None = None) -> nn.Module:
     """
     model = _construct(first_output(_find_class(spec)), spec)
     if state_dict_path is not None:
-        _load_state_dict(model, state_dict_path, spec)
+        load_weights(model, state_dict_path, spec)
     return model
 
 
@@ -108,7 +108,9 @@ def _construct(cls: type[nn.Module], spec: str) -> nn.Module:
         raise UserError(f"{spec}() failed ({brief(err)}): the class must be constructible without arguments") from err
 
 
-def _load_state_dict(model: nn.Module, path: str, spec: str) -> None:
+def load_weights(model: nn.Module, path: str, spec: str) -> None:
+    """Load the state dict file ``path`` into ``model`` (``spec`` names it in errors) with
+    ``torch.load(weights_only=True)``; a missing, unreadable or mismatched file raises :class:`UserError`."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

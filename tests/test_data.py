@@ -357,3 +357,14 @@ def test_the_default_input_size_follows_the_data(tmp_path):
     assert suggested_image_size(make_acdc(tmp_path / "acdc", patients=3)) == (32, 24)
     settings, _ = with_preset("default", {"image_size": 224, "budget_ms": 5.0})
     assert describe(settings, "image_size", 220) == "image_size=224 (the data's median slice side 220 px, to a multiple of 16, at most 256)"
+
+
+def test_a_second_frame_is_the_same_patient_in_systole():
+    """ACDC's two frames: same patient and volume naming by frame, the LV cavity smaller."""
+    images, masks, groups, volumes = _cardiac.generate(48, seed=0, patients=2, frames=2)
+    one = _cardiac.generate(48, seed=0, patients=2)
+    assert images.shape == (40, 48, 48) and groups[:20] == ("patient001",) * 20
+    assert volumes[::10] == ("patient001_frame1", "patient001_frame2", "patient002_frame1", "patient002_frame2")
+    assert np.array_equal(images[:10], one[0][:10]) and np.array_equal(masks[:10], one[1][:10])  # frame 1 as before
+    lv = (masks == _cardiac.LV).reshape(4, 10, -1).sum(-1)
+    assert (lv[1] <= lv[0]).all() and lv[1].sum() < 0.8 * lv[0].sum() and lv[3].sum() < 0.8 * lv[2].sum()

@@ -21,8 +21,10 @@ from autosculpt.search.latency import Target
 from autosculpt.search.progress import LiveView
 from autosculpt.search.settings import Settings
 from autosculpt.search.trial import first_rung, make_pruner
-from autosculpt.search.train import (FINETUNE_LR_CAP, Schedule, dice_counts, evaluate, finetune_lr, finetune_schedule,
-                                     class_weights, resolve_device, scores_from_counts, segmentation_loss)
+from autosculpt.search.data import load_data
+from autosculpt.search.train import (FINETUNE_LR_CAP, Schedule, class_weights, dice_counts, evaluate, finetune_lr,
+                                     finetune_schedule, random_patches, resolve_crop, resolve_device, scores_from_counts,
+                                     segmentation_loss, train, training_crop)
 
 CLASSES = ("background", "organ", "lesion")
 
@@ -218,3 +220,43 @@ def test_latency_on_a_gpu_is_for_eager_pytorch_on_this_machine_only():
     with pytest.raises(UserError, match="cuda with the local torch runtime"):
         Target(device="gpu", runtime="torch")
     assert Target(device="cuda", runtime="torch").device == "cuda"
+
+
+# --- training on crops ------------------------------------------------------------------
+
+def test_slices_over_160_px_train_on_patches_of_half_their_side():
+    assert [training_crop((s, s)) for s in (96, 160, 192, 224, 256, 320, 512)] == [None, None, 128, 128, 128, 192, 256]
+    assert training_crop((256, 96)) == 128
+    assert resolve_crop(None, (224, 224)) == 128 and resolve_crop(0, (224, 224)) is None
+    assert resolve_crop(96, (64, 64)) == 96
+    with pytest.raises(UserError, match="multiple of 16"):
+        Settings(budget_ms=5.0, crop=100)
+
+
+def test_a_patch_cuts_the_same_window_from_masks_images_and_teacher_logits():
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.zeros(64, 40, 48, dtype=torch.long)
+    masks[:, 30:34, 40:44] = 2  # a small structure in a corner
+    images = masks[:, None].float() * 1000 + torch.arange(48.0)  # the label in the thousands, the column below
+    logits = images.repeat(1, 3, 1, 1)
+    cut_masks, cut_images, cut_logits = random_patches(generator, 16, masks, images, logits)
+    assert cut_masks.shape == (64, 16, 16) and cut_images.shape == (64, 1, 16, 16) and cut_logits.shape == (64, 3, 16, 16)
+    assert torch.equal((cut_images[:, 0] // 1000).long(), cut_masks)  # the same window in both
+    columns = cut_images[:, 0] % 1000
+    assert torch.equal(columns - columns[..., :1], torch.arange(16.0).expand_as(columns))  # 16 adjacent columns
+    assert torch.equal(cut_logits, cut_images.repeat(1, 3, 1, 1))
+    # About half the windows are centred on foreground; uniform ones would hold it in about 1 of 6.
+    holding = (cut_masks > 0).flatten(1).any(1).float().mean()
+    assert 0.4 < holding < 0.9
+    assert random_patches(generator, 64, masks)[0].shape == (64, 40, 48)  # larger than the slice: whole
+
+
+def test_training_on_patches_scores_whole_slices():
+    data = load_data(None, image_size=32, seed=0, patients=6)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    shapes = []
+    net.register_forward_hook(lambda module, inputs, output: shapes.append(tuple(inputs[0].shape[-2:])))
+    scores = train(net, data, Schedule(epochs=1, crop=16))
+    assert (16, 16) in shapes and (32, 32) in shapes  # trained on patches, evaluated on whole slices
+    assert set(scores.per_class) == {"RV", "myocardium", "LV"}

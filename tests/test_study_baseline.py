@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from autosculpt.search.anchors import ANCHOR_KEEPS, anchor_onnx
-from autosculpt.search.baseline import baseline_key
+from autosculpt.errors import UserError
+from autosculpt.search.baseline import baseline_key, build_model
 from autosculpt.search.cache import write_atomically
 from autosculpt.search.data import load_data
 from autosculpt.search.latency import machine_reference
@@ -69,3 +70,16 @@ def test_a_failed_cache_write_keeps_the_old_file_and_leaves_no_partial_one(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
     write_atomically(path, lambda partial: partial.write_bytes(b"new"))
     assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_a_preset_given_weights_starts_from_them(tmp_path):
+    """--weights with a preset (a baseline trained elsewhere, e.g. on a GPU) is loaded, not ignored."""
+    data = load_data(None, image_size=32, seed=0, patients=6)
+    trained = build_model("unet-tiny", data)
+    torch.nn.init.constant_(next(trained.parameters()), 0.25)
+    torch.save(trained.state_dict(), tmp_path / "tiny.pt")
+    loaded = build_model("unet-tiny", data, str(tmp_path / "tiny.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), trained.state_dict().values()))
+    torch.save(build_model("unet-small", data).state_dict(), tmp_path / "small.pt")
+    with pytest.raises(UserError, match="does not fit the unet-tiny preset"):
+        build_model("unet-tiny", data, str(tmp_path / "small.pt"))

@@ -6,7 +6,10 @@ own acquisition (contrast, blur, bias field, Rician noise).  Every structure is 
 distance field on a grid spanning [-1, 1], so edges are anti-aliased at any image size
 and each label is exactly the region the image paints.  Patient ``p`` of seed ``s`` is
 drawn from its own generator seeded with ``[s, p]``: arrays are bit-identical for the
-same settings, and the first patients do not change when more are asked for.
+same settings, and the first patients do not change when more are asked for. With two
+frames (as ACDC's end-diastole and end-systole), the second is the same patient and
+acquisition with the heart contracted (LV cavity 55-80 % of its radius, the wall
+thicker), the contraction drawn from ``[s, p, 1]``.
 """
 
 from __future__ import annotations
@@ -24,27 +27,34 @@ FIELD_OF_VIEW_MM = 240.0
 SLICE_MM = 10.0
 
 
-def generate(image_size: int, seed: int, patients: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """``patients * SLICES`` slices: images float32 (N, H, W), masks uint8 (N, H, W), groups."""
+def generate(image_size: int, seed: int, patients: int,
+             frames: int = 1) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[str, ...]]:
+    """``patients * frames * SLICES`` slices: images float32 (N, H, W), masks uint8 (N, H, W),
+    the patient (group) and the volume (``patientNNN``, or ``patientNNN_frameF`` with
+    two frames) of each; ``frames`` is 1 or 2 (end-diastole, then end-systole)."""
+    if frames not in (1, 2):
+        raise ValueError(f"frames must be 1 or 2, got {frames}")
     centres = (np.arange(image_size) + 0.5) * 2 / image_size - 1
     y, x = np.meshgrid(centres, centres, indexing="ij")
     depth = np.linspace(0, 1, SLICES)[:, None, None]  # 0 at the base, 1 at the apex
-    images, masks = [], []
+    images, masks, volumes = [], [], []
     for patient in range(patients):
-        rng = np.random.default_rng([seed, patient])
-        image, mask = _patient(rng, x, y, depth, pixel=2 / image_size)
-        images.append(image)
-        masks.append(mask)
-    groups = tuple(f"patient{p + 1:03d}" for p in range(patients) for _ in range(SLICES))
-    return np.concatenate(images).astype(np.float32), np.concatenate(masks), groups
+        for frame in range(frames):
+            contraction = np.random.default_rng([seed, patient, 1]).uniform(0.55, 0.8) if frame else 1.0
+            image, mask = _patient(np.random.default_rng([seed, patient]), x, y, depth, 2 / image_size, contraction)
+            images.append(image)
+            masks.append(mask)
+            volumes += [f"patient{patient + 1:03d}" + (f"_frame{frame + 1}" if frames > 1 else "")] * SLICES
+    groups = tuple(volume.split("_")[0] for volume in volumes)
+    return np.concatenate(images).astype(np.float32), np.concatenate(masks), groups, tuple(volumes)
 
 
-def _patient(rng: np.random.Generator, x, y, depth, pixel: float) -> tuple[np.ndarray, np.ndarray]:
-    """One patient's image and mask stacks, (SLICES, H, W) each."""
+def _patient(rng: np.random.Generator, x, y, depth, pixel: float, contraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """One patient's image and mask stacks, (SLICES, H, W) each; ``contraction`` < 1 is systole."""
     tissue = _tissue_values(rng)
     image = np.zeros(np.broadcast_shapes(x.shape, depth.shape))
     _paint_body(rng, image, x, y, depth, tissue, pixel)
-    mask = _paint_heart(rng, image, x, y, depth, tissue, pixel)
+    mask = _paint_heart(rng, image, x, y, depth, tissue, pixel, contraction)
     return _acquire(rng, image, x, y, tissue["blood"]), mask
 
 
@@ -89,8 +99,9 @@ def _paint_body(rng, image, x, y, depth, tissue, pixel) -> None:
     _paint(image, _inside(_ellipse(x, y, spine_x, spine_y, 0.17, 0.14, 0), pixel), tissue["bone"])
 
 
-def _paint_heart(rng, image, x, y, depth, tissue, pixel) -> np.ndarray:
-    """Paint fat, myocardium, blood pools and papillary muscles; return the label stack."""
+def _paint_heart(rng, image, x, y, depth, tissue, pixel, contraction: float = 1.0) -> np.ndarray:
+    """Paint fat, myocardium, blood pools and papillary muscles; return the label stack.
+    ``contraction`` scales the LV cavity's radius and thickens the wall as it shrinks."""
     slices = depth.shape[0]
     scale = rng.uniform(0.9, 1.15)
     cx = rng.uniform(0.1, 0.25) + rng.normal(0, 0.01, (slices, 1, 1))
@@ -99,12 +110,12 @@ def _paint_heart(rng, image, x, y, depth, tissue, pixel) -> np.ndarray:
     u, v = _rotate(x - cx, y - cy, angle)
     radius, theta = np.hypot(u, v), np.arctan2(v, u)
 
-    endo_radius = scale * rng.uniform(0.3, 0.36) * (1 - 0.5 * depth**1.5)
+    endo_radius = scale * rng.uniform(0.3, 0.36) * (1 - 0.5 * depth**1.5) * contraction
     endo = endo_radius * (
         1 + rng.uniform(0, 0.08) * np.cos(2 * (theta - rng.uniform(0, np.pi)))
         + rng.uniform(0, 0.04) * np.cos(3 * theta + rng.uniform(0, 2 * np.pi))
     )
-    thickness = scale * rng.uniform(0.1, 0.15) * (1 + 0.2 * depth)
+    thickness = scale * rng.uniform(0.1, 0.15) * (1 + 0.2 * depth) * (2 - contraction)
     wall = thickness * (1 + rng.uniform(0.1, 0.35) * np.cos(theta - rng.uniform(0, 2 * np.pi)))
     d_endo = radius - endo + _wobble(rng, radius.shape, 0.008, pixel, scale=0.04)  # trabeculae
     d_epi = d_endo - wall

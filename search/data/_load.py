@@ -81,7 +81,7 @@ def _generated(image_size: int, seed: int, patients: int) -> Slices:
             return _generated_slices(stored["images"], stored["masks"], tuple(map(str, stored["groups"])))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         pass  # missing, or torn by a crash: generate it again
-    images, masks, groups = _cardiac.generate(image_size, seed, patients)
+    images, masks, groups, _ = _cardiac.generate(image_size, seed, patients)
 
     def save(partial: Path) -> None:
         with partial.open("wb") as handle:
