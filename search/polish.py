@@ -74,7 +74,7 @@ def _variants(distill: float) -> list[tuple[str, float]]:
 def _train(net: torch.nn.Module, context: Context, distill: float, seed: int, variant: str, on_epoch) -> float:
     """Fine-tune ``net`` for the polish's epochs; its validation Dice after the last one."""
     settings = context.settings
-    schedule = context.finetune_schedule(net, settings.polish, settings.seed + seed, distill)
+    schedule = context.finetune_schedule(net, settings.polish, settings.seed + seed, distill, trial=False)
     teacher = teacher_logits(context.baseline.model, context.data.train.images) if distill > 0 else None
 
     def report(epoch: int, loss: float, scores) -> bool:

@@ -40,6 +40,8 @@ class Settings:
     ``crop``: the side of the random patches the baseline and fine-tunes train on (scoring
     is on whole slices); None chooses by the slices' size
     (:func:`autosculpt.search.train.training_crop`), 0 trains on whole slices.
+    ``epoch_slices``: how many training slices a trial's fine-tune epoch draws (None: all of
+    them up to 1,000, 1,000 above, :func:`autosculpt.search.train.trial_epoch_slices`; 0: all).
     """
 
     budget_ms: float | None = None
@@ -68,6 +70,7 @@ class Settings:
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     balance_classes: bool = True
     crop: int | None = None
+    epoch_slices: int | None = None
 
     def __post_init__(self) -> None:
         if self.budget_ms is None and self.speedup is None:
@@ -84,6 +87,8 @@ class Settings:
             raise UserError("--epochs must be at least 1 and --polish-epochs at least 0")
         if self.crop is not None and (self.crop < 0 or self.crop % 16):
             raise UserError(f"--crop {self.crop}: give a multiple of 16 (e.g. 128), or 0 to train on whole slices")
+        if self.epoch_slices is not None and self.epoch_slices < 0:
+            raise UserError(f"--epoch-slices {self.epoch_slices}: give a number of slices, or 0 for all of them")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device {self.device!r}: choose auto, cpu or cuda")
         self._check_precisions()

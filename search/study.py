@@ -32,7 +32,7 @@ from .onnx_io import to_onnx
 from .projection import CostModel, LatencyCache
 from .settings import KEPT_WHOLE_ATTR, SETTINGS_ATTR, Settings
 from .storage import artifact_store, load_study, open_storage
-from .train import Schedule, finetune_schedule, resolve_crop, resolve_device, teacher_logits
+from .train import Schedule, finetune_schedule, resolve_crop, resolve_device, teacher_logits, trial_epoch_slices
 from .weights import download_state_dict, upload_state_dict
 
 REFERENCE_ATTR = "latency_reference"
@@ -61,11 +61,13 @@ class Context:
         """The layer groups the search prunes."""
         return self.survey.groups
 
-    def finetune_schedule(self, net: torch.nn.Module, epochs: int, seed: int, distill: float) -> Schedule:
-        """How ``net``, shrunk from the baseline, is fine-tuned (a trial or the polish): on
-        this worker's device, balanced as the study's settings say, as :func:`finetune_schedule` says."""
+    def finetune_schedule(self, net: torch.nn.Module, epochs: int, seed: int, distill: float, trial: bool = True) -> Schedule:
+        """How ``net``, shrunk from the baseline, is fine-tuned (a ``trial``, or the polish): on
+        this worker's device, balanced and cropped as the study's settings say, as
+        :func:`finetune_schedule` says; a trial's epochs draw :func:`trial_epoch_slices`, the polish's take every slice."""
+        epoch_slices = trial_epoch_slices(self.settings.epoch_slices, len(self.data.train)) if trial else None
         return finetune_schedule(net, self.baseline_figures.params, epochs, self.settings.balance_classes, seed=seed,
-                                 distill=distill, device=self.device, crop=self.crop)
+                                 distill=distill, device=self.device, crop=self.crop, epoch_slices=epoch_slices)
 
     @property
     def crop(self) -> int | None:

@@ -33,7 +33,8 @@ class Schedule:
     :func:`finetune_schedule`). ``device`` is where training runs (``cpu`` or ``cuda``,
     see :func:`resolve_device`). ``crop`` trains on random ``crop`` x ``crop`` patches of the
     training slices, a new window per slice and epoch (see :func:`random_patches`); None
-    trains on whole slices. Validation always scores whole slices.
+    trains on whole slices. Validation always scores whole slices. ``epoch_slices`` makes an
+    epoch a random ``epoch_slices`` of the training slices (a new draw each epoch; None: all).
     """
 
     epochs: int
@@ -45,6 +46,7 @@ class Schedule:
     device: str = "cpu"
     balance_classes: bool = False
     crop: int | None = None
+    epoch_slices: int | None = None
 
 
 FINETUNE_LR_CAP = 0.02
@@ -83,6 +85,18 @@ def finetune_schedule(net: nn.Module, baseline_params: int, epochs: int, balance
     """
     lr = finetune_lr(baseline_params / max(1, count_parameters(net)))
     return Schedule(epochs=epochs, lr=lr, balance_classes=balance_classes, **options)
+
+
+TRIAL_EPOCH_SLICES = 1000  # a trial's fine-tune epoch on a larger training split samples this many slices
+
+
+def trial_epoch_slices(setting: int | None, train_slices: int) -> int | None:
+    """How many training slices a trial's fine-tune epoch draws, for an ``--epoch-slices``
+    setting: None chooses (all of them up to :data:`TRIAL_EPOCH_SLICES`, that many above),
+    0 takes all, N takes N. None in the result means all."""
+    if setting is None:
+        setting = TRIAL_EPOCH_SLICES
+    return setting if 0 < setting < train_slices else None
 
 
 CROP_FROM = 160  # slices with a side over this many pixels train on crops (:func:`training_crop`)
@@ -250,7 +264,8 @@ def train(
     model.to(schedule.device)
     try:
         optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=1e-4)
-        steps = schedule.epochs * -(-len(data.train.images) // schedule.batch_size)
+        per_epoch = min(len(data.train.images), schedule.epoch_slices or len(data.train.images))
+        steps = schedule.epochs * -(-per_epoch // schedule.batch_size)
         lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=schedule.lr, total_steps=max(steps, 1))
         scores = Scores({name: 0.0 for name in data.class_names[1:]})
         weights = class_weights(data.train.masks, data.num_classes).to(schedule.device) if schedule.balance_classes else None
@@ -265,12 +280,12 @@ def train(
 
 
 def _train_epoch(model, split, schedule, optimizer, lr_schedule, generator, teacher_outputs, weights) -> float:
-    """One pass over ``split`` in a seeded random order; returns the mean loss.
+    """One pass over ``split`` (or ``schedule.epoch_slices`` of it) in a seeded random order; returns the mean loss.
 
     Raises FloatingPointError as soon as a batch's loss is not finite.
     """
     model.train()
-    order = torch.randperm(len(split.images), generator=generator)
+    order = torch.randperm(len(split.images), generator=generator)[: schedule.epoch_slices]
     total = 0.0
     for start in range(0, len(order), schedule.batch_size):
         index = order[start : start + schedule.batch_size]

@@ -24,7 +24,7 @@ from autosculpt.search.trial import first_rung, make_pruner
 from autosculpt.search.data import load_data
 from autosculpt.search.train import (FINETUNE_LR_CAP, Schedule, class_weights, dice_counts, evaluate, finetune_lr,
                                      finetune_schedule, random_patches, resolve_crop, resolve_device, scores_from_counts,
-                                     segmentation_loss, train, training_crop)
+                                     segmentation_loss, train, training_crop, trial_epoch_slices)
 
 CLASSES = ("background", "organ", "lesion")
 
@@ -260,3 +260,16 @@ def test_training_on_patches_scores_whole_slices():
     scores = train(net, data, Schedule(epochs=1, crop=16))
     assert (16, 16) in shapes and (32, 32) in shapes  # trained on patches, evaluated on whole slices
     assert set(scores.per_class) == {"RV", "myocardium", "LV"}
+
+
+def test_a_trial_epoch_draws_at_most_1000_slices_and_the_polish_all():
+    assert trial_epoch_slices(None, 420) is None and trial_epoch_slices(None, 1400) == 1000
+    assert trial_epoch_slices(0, 1400) is None and trial_epoch_slices(200, 1400) == 200 and trial_epoch_slices(500, 420) is None
+    data = load_data(None, image_size=32, seed=0, patients=6)
+    net = torch.nn.Conv2d(1, 4, 3, padding=1)
+    seen = []
+    net.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])) if module.training else None)
+    train(net, data, Schedule(epochs=2, batch_size=4, epoch_slices=6))
+    assert seen == [4, 2, 4, 2]  # two epochs of 6 slices, of the 40 there are
+    with pytest.raises(UserError, match="--epoch-slices"):
+        Settings(budget_ms=5.0, epoch_slices=-1)

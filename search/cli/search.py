@@ -120,7 +120,7 @@ def settings_given(args) -> dict:
         "space_spec": space_spec, "target": target.to_dict() if target else None, "epochs": args.epochs,
         "seed": args.seed, "distill": args.distill, "speedup": args.speedup, "max_dice_loss": args.max_dice_loss,
         "polish_epochs": args.polish_epochs, "group_by": args.group_by, "device": args.device,
-        "crop": args.crop, "precisions": [p.strip() for p in args.precision.split(",")] if args.precision else None,
+        "crop": args.crop, "epoch_slices": args.epoch_slices, "precisions": [p.strip() for p in args.precision.split(",")] if args.precision else None,
     }
 
 
@@ -137,6 +137,8 @@ def describe(settings, name: str, data_median: int | None = None) -> str:
         return f"precision={','.join(value)}"
     if name == "crop" and value is None:
         return "crop=auto (whole slices up to 160 px, patches of half the side above)"
+    if name == "epoch_slices" and value is None:
+        return "epoch_slices=auto (all training slices up to 1,000, 1,000 drawn per epoch above)"
     if name == "data" and value is None:
         return "data=generated cardiac MRI"
     return f"{name}={'none' if value is None else value}"
