@@ -14,12 +14,13 @@ each trial's latency measurement, fine-tune and evaluation, polish, export and r
 the fine-tune throughput in slices per second, the peak memory of the search (its
 largest process) and the result, and names the CPU. ``--arms`` runs the search more
 than once on the same data and baseline, side by side, with the options that differ
-(for example with and without training on patches: ``--arms auto,whole``; ``neither``
-trains trials on whole slices, every slice each epoch, as the search did before).
+(for example with and without training on patches: ``--arms auto,whole``; ``sampled``
+draws 1,000 training slices per trial epoch, a data fidelity for sets larger than that).
 
     python bench/scale.py                                      # ACDC scale (hours on 2 cores)
     python bench/scale.py --patients 10 --trials 4             # a small run of the same path
     python bench/scale.py --patients 20 --arms auto,whole      # patches against whole slices
+    python bench/scale.py --quick                              # unet-tiny, 3 patients at 192 px, 2 trials (CI)
 """
 
 from __future__ import annotations
@@ -47,10 +48,9 @@ from autosculpt.search.data._cardiac import FIELD_OF_VIEW_MM, SLICE_MM, generate
 from autosculpt.search.latency import cpu_model
 from autosculpt.search.train import resolve_crop, resolve_device
 
-# name: extra search options. auto: the search's defaults (patches over 160 px, a trial's epoch
-# draws at most 1,000 slices); whole: whole slices; all-slices: every slice each epoch; neither: both.
-ARMS = {"auto": [], "whole": ["--crop", "0"], "all-slices": ["--epoch-slices", "0"],
-        "neither": ["--crop", "0", "--epoch-slices", "0"]}
+# name: extra search options. auto: the search's defaults (patches for slices over 160 px, every
+# training slice each epoch); whole: whole slices; sampled: a trial's epoch draws 1,000 slices.
+ARMS = {"auto": [], "whole": ["--crop", "0"], "sampled": ["--epoch-slices", "1000"]}
 ES_FRAME = 12  # the end-systolic frame's number in the file names (ACDC's vary per patient)
 
 
@@ -63,11 +63,17 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, help="the search's --trials (default: the search's own)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the baseline (default 0)")
     parser.add_argument("--arms", default="auto", help=f"comma-separated search variants, one run each: {', '.join(ARMS)} "
-                        "(auto: the search's defaults; whole: --crop 0; all-slices: --epoch-slices 0; neither: both) "
-                        "(default auto)")
+                        "(auto: the search's defaults; whole: --crop 0; sampled: --epoch-slices 1000) (default auto)")
     parser.add_argument("--out", type=Path, default=Path("scale-runs"), help="where studies, exports and logs go")
     parser.add_argument("--json", type=Path, help="write every arm's figures to this file")
-    return parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help="tiny CI run: unet-tiny, 3 patients at 192 px, "
+                        "--speedup 2, 2 trials of 2 epochs")
+    args = parser.parse_args(argv)
+    args.model, args.search_options = "unet", []
+    if args.quick:
+        args.model, args.patients, args.image_size, args.trials, args.speedup = "unet-tiny", 3, 192, 2, 2.0
+        args.search_options = ["--model", "unet-tiny", "--epochs", "2", "--polish-epochs", "2"]
+    return args
 
 
 def main(argv=None) -> int:
@@ -83,9 +89,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     data = load_data(folder, image_size=args.image_size, seed=args.seed)
     read_s = time.perf_counter() - start
-    weights, baseline_s, device = dense_weights(folder, data, args.seed)
+    weights, baseline_s, device = dense_weights(folder, data, args.model, args.seed)
     console.print(f"data: {folder} ({data_s:.0f} s to write, {read_s:.0f} s to read: {len(data.train)} train slices); "
-                  f"dense unet: {weights} ({baseline_s:.0f} s, trained on {device})")
+                  f"dense {args.model}: {weights} ({baseline_s:.0f} s, trained on {device})")
     results = [run_arm(arm, args, folder, weights, len(data.train), console) for arm in arms]
     console.print(phase_table(results, {"data preparation (generate, write NIfTI; 0 = cached)": data_s,
                                         "reading the folder as the search does": read_s,
@@ -120,15 +126,15 @@ def acdc_folder(patients: int, size: int, seed: int) -> tuple[Path, float]:
     return folder, time.perf_counter() - start
 
 
-def dense_weights(folder: Path, data: SegmentationData, seed: int) -> tuple[Path, float, str]:
-    """The dense ``unet`` trained on ``data`` (the library's baseline, on the GPU where there is
+def dense_weights(folder: Path, data: SegmentationData, model: str, seed: int) -> tuple[Path, float, str]:
+    """The dense ``model`` (a preset) trained on ``data`` (the library's baseline, on the GPU where there is
     one, on patches as the search trains), saved beside ``folder``; (file, seconds now, device)."""
     device = resolve_device("auto")
-    weights = folder.parent / f"{folder.name}-dense-{device}.pt"
+    weights = folder.parent / f"{folder.name}-{model}-{device}.pt"
     if weights.exists():
         return weights, 0.0, device
     start = time.perf_counter()
-    baseline = get_baseline("unet", data, seed=seed, device=device, crop=resolve_crop(None, data.image_size))
+    baseline = get_baseline(model, data, seed=seed, device=device, crop=resolve_crop(None, data.image_size))
     torch.save(baseline.model.state_dict(), weights)
     return weights, time.perf_counter() - start, device
 
@@ -141,7 +147,7 @@ def run_arm(arm: str, args, folder: Path, weights: Path, train_slices: int, cons
     url, name = f"sqlite:///{out.resolve() / 'studies.db'}", f"scale-{arm}"
     command = [sys.executable, "-m", "autosculpt.search.cli", "search", "--data", str(folder), "--size", str(args.image_size),
                "--weights", str(weights), "--speedup", f"{args.speedup:g}", "--seed", str(args.seed), "--storage", url,
-               "--study", name, "--out", str(out / "export"), *ARMS[arm], *(["--trials", str(args.trials)] if args.trials else [])]
+               "--study", name, "--out", str(out / "export"), *args.search_options, *ARMS[arm], *(["--trials", str(args.trials)] if args.trials else [])]
     console.print(f"[bold]{arm}[/]: autosculpt {' '.join(command[3:])}")
     launched, start = time.time(), time.perf_counter()
     with (out / "search.log").open("w") as log:

@@ -40,8 +40,8 @@ class Settings:
     ``crop``: the side of the random patches the baseline and fine-tunes train on (scoring
     is on whole slices); None chooses by the slices' size
     (:func:`autosculpt.search.train.training_crop`), 0 trains on whole slices.
-    ``epoch_slices``: how many training slices a trial's fine-tune epoch draws (None: all of
-    them up to 1,000, 1,000 above, :func:`autosculpt.search.train.trial_epoch_slices`; 0: all).
+    ``epoch_slices``: how many training slices a trial's fine-tune epoch draws at most (None
+    or 0: all; the polish always takes all).
     """
 
     budget_ms: float | None = None

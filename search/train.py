@@ -87,16 +87,10 @@ def finetune_schedule(net: nn.Module, baseline_params: int, epochs: int, balance
     return Schedule(epochs=epochs, lr=lr, balance_classes=balance_classes, **options)
 
 
-TRIAL_EPOCH_SLICES = 1000  # a trial's fine-tune epoch on a larger training split samples this many slices
-
-
 def trial_epoch_slices(setting: int | None, train_slices: int) -> int | None:
-    """How many training slices a trial's fine-tune epoch draws, for an ``--epoch-slices``
-    setting: None chooses (all of them up to :data:`TRIAL_EPOCH_SLICES`, that many above),
-    0 takes all, N takes N. None in the result means all."""
-    if setting is None:
-        setting = TRIAL_EPOCH_SLICES
-    return setting if 0 < setting < train_slices else None
+    """How many of ``train_slices`` a trial's fine-tune epoch draws for an ``--epoch-slices``
+    setting: None or 0 all of them (returned as None), N at most N."""
+    return setting if setting and setting < train_slices else None
 
 
 CROP_FROM = 160  # slices with a side over this many pixels train on crops (:func:`training_crop`)

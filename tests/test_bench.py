@@ -54,6 +54,25 @@ def test_paper_quick_runs_in_parts_and_prints_the_front(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # the quick runs take ~1-2 min on a quiet machine; much longer on a shared one
+def test_scale_quick_searches_an_acdc_folder_on_patches(tmp_path):
+    """bench/scale.py writes a generated ACDC folder (both frames), trains its dense model, runs
+    ``autosculpt search --data --weights`` in a subprocess, and reads the phases back: the
+    192 px slices fine-tune on 128 px patches."""
+    done = run_bench("scale.py", "--quick", "--out", "runs", "--json", "scale.json", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert "Where the time went" in done.stdout and "fine-tune throughput" in done.stdout
+    [arm] = json.loads((tmp_path / "scale.json").read_text())
+    assert arm["exit"] in (0, 3), (tmp_path / "runs" / "auto" / "search.log").read_text()[-3000:]
+    tuned = [t for t in arm["trials"] if t["epochs"]]
+    assert tuned and all(t["crop"] == 128 for t in tuned) and arm["finetune_slices_per_s"] > 0
+    assert arm["peak_mb"] > 0 and arm["result"]["test_dice"] > 0 and arm["result"]["median_ms"] > 0
+    folder = Path(os.environ["AUTOSCULPT_CACHE"]) / "scale" / "acdc-192px-3p-seed0"
+    patients = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    assert patients == ["patient001", "patient002", "patient003"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # the quick runs take ~1-2 min on a quiet machine; much longer on a shared one
 def test_peers_quick_prints_every_arm(tmp_path):
     """Every arm of bench/peers.py prints a row, and the NNI arm really ran: its row shows
     the best Dice within the budget (or "none" within it: at --quick's 2x the budget may

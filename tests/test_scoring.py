@@ -262,9 +262,9 @@ def test_training_on_patches_scores_whole_slices():
     assert set(scores.per_class) == {"RV", "myocardium", "LV"}
 
 
-def test_a_trial_epoch_draws_at_most_1000_slices_and_the_polish_all():
-    assert trial_epoch_slices(None, 420) is None and trial_epoch_slices(None, 1400) == 1000
-    assert trial_epoch_slices(0, 1400) is None and trial_epoch_slices(200, 1400) == 200 and trial_epoch_slices(500, 420) is None
+def test_an_epoch_can_draw_part_of_the_training_slices():
+    assert trial_epoch_slices(None, 1400) is None and trial_epoch_slices(0, 1400) is None
+    assert trial_epoch_slices(200, 1400) == 200 and trial_epoch_slices(500, 420) is None
     data = load_data(None, image_size=32, seed=0, patients=6)
     net = torch.nn.Conv2d(1, 4, 3, padding=1)
     seen = []

@@ -63,8 +63,8 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="most fine-tuning epochs of a trial; the pruner stops two in three just past half of them (default 8)")
     parser.add_argument("--crop", type=int, metavar="N", help="train (baseline and fine-tunes) on random N x N patches, "
                         "score on whole slices; 0: whole slices (default: 128 px patches for slices over 160 px, whole below)")
-    parser.add_argument("--epoch-slices", type=int, metavar="N", help="a trial's fine-tune epoch draws N training slices "
-                        "at random; 0: all (default: all up to 1,000, 1,000 above; the polish takes all)")
+    parser.add_argument("--epoch-slices", type=int, metavar="N", help="a trial's fine-tune epoch draws N of the training "
+                        "slices at random (default: all; the polish takes all)")
     parser.add_argument("--polish-epochs", type=int, metavar="N", help="epochs of the winner's polish (default 2 x --epochs; 0: none)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the data, baseline and samplers (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"),

@@ -138,7 +138,7 @@ def describe(settings, name: str, data_median: int | None = None) -> str:
     if name == "crop" and value is None:
         return "crop=auto (whole slices up to 160 px, patches of half the side above)"
     if name == "epoch_slices" and value is None:
-        return "epoch_slices=auto (all training slices up to 1,000, 1,000 drawn per epoch above)"
+        return "epoch_slices=all"
     if name == "data" and value is None:
         return "data=generated cardiac MRI"
     return f"{name}={'none' if value is None else value}"
