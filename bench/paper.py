@@ -18,7 +18,7 @@ study lives in ``--storage``, so it can run in parts) a full search, then:
 - with a CUDA device, the dense network's GPU latency (eager PyTorch fp32, and fp16
   channels-last) sits beside the named network on one CPU thread: the paper's other claim.
 
-    python bench/paper.py                                   # seed 0 (about 20 min on 2 cores, baseline included)
+    python bench/paper.py                                   # seed 0 (about 30 min on 2 cores, baseline included)
     python bench/paper.py --seeds 0,1,2 --json paper.json   # the README's headline: the worst of three seeds
     python bench/paper.py --trials 20                       # first part; run again with more to resume
     python bench/paper.py --quick                           # unet-tiny, smoke data, 3 trials x 6 epochs, < 1 min

@@ -67,11 +67,11 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("scale-runs"), help="where studies, exports and logs go")
     parser.add_argument("--json", type=Path, help="write every arm's figures to this file")
     parser.add_argument("--quick", action="store_true", help="tiny CI run: unet-tiny, 3 patients at 192 px, "
-                        "--speedup 2, 2 trials of 2 epochs")
+                        "--speedup 1.2, 2 trials of 2 epochs")
     args = parser.parse_args(argv)
     args.model, args.search_options = "unet", []
     if args.quick:
-        args.model, args.patients, args.image_size, args.trials, args.speedup = "unet-tiny", 3, 192, 2, 2.0
+        args.model, args.patients, args.image_size, args.trials, args.speedup = "unet-tiny", 3, 192, 2, 1.2
         args.search_options = ["--model", "unet-tiny", "--epochs", "2", "--polish-epochs", "2"]
     return args
 
