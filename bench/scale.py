@@ -10,8 +10,8 @@ there is one: the table says which), then runs, in a subprocess, exactly what a 
     autosculpt search --data DIR --size 224 --weights dense.pt --speedup 10
 
 It prints a table per phase (data preparation, the dense baseline, preparing the study,
-each trial's latency measurement, fine-tune and evaluation, polish, export and report),
-the fine-tune throughput in slices per second, the peak memory of the search (its
+each trial's latency measurement and fine-tune (scored on val after each epoch), polish, export and report),
+the fine-tune throughput in slices per second, the peak memory of each search (its
 largest process) and the result, and names the CPU. ``--arms`` runs the search more
 than once on the same data and baseline, side by side, with the options that differ
 (for example with and without training on patches: ``--arms auto,whole``; ``sampled``
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import shutil
 import subprocess
 import sys
@@ -151,13 +151,14 @@ def run_arm(arm: str, args, folder: Path, weights: Path, train_slices: int, cons
     console.print(f"[bold]{arm}[/]: autosculpt {' '.join(command[3:])}")
     launched, start = time.time(), time.perf_counter()
     with (out / "search.log").open("w") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+        search = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(search.pid, 0)  # this search's own usage (and its children's), not every arm's
     wall = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child process so far
+    peak_mb = usage.ru_maxrss / 1024
     study = optuna.load_study(study_name=name, storage=url)
     card_file = out / "export" / "model.json"
     card = json.loads(card_file.read_text()) if card_file.exists() else None
-    return {"arm": arm, "exit": done.returncode, "wall_s": wall, "peak_mb": peak_mb,
+    return {"arm": arm, "exit": os.waitstatus_to_exitcode(status), "wall_s": wall, "peak_mb": peak_mb,
             **study_phases(study, launched, wall, train_slices), "result": _result(card)}
 
 
@@ -170,7 +171,7 @@ def study_phases(study: optuna.Study, launched: float, wall: float, train_slices
     last = max((t.datetime_complete.timestamp() for t in trials), default=first)
     polish = (study.user_attrs.get("polish") or {}).get("time_s", 0.0)
     rows = [{"trial": t.number, "state": t.state.name.lower(), "measure_s": t.user_attrs.get("time_measure_s", 0.0),
-             "finetune_s": t.user_attrs.get("time_finetune_s", 0.0), "eval_s": t.user_attrs.get("time_eval_s", 0.0),
+             "finetune_s": t.user_attrs.get("time_finetune_s", 0.0),
              "epochs": len(t.user_attrs.get("dice_by_epoch", [])), "crop": t.user_attrs.get("crop"), "dice": t.value}
             for t in trials]
     tuned = [r for r in rows if r["epochs"]]
@@ -201,7 +202,7 @@ def phase_table(results: list[dict], before: dict[str, float]) -> Table:
     for label, seconds in before.items():
         row(label, lambda r, seconds=seconds: f"{seconds:.0f}")
     row("search: load data, build, measure the dense model", lambda r: f"{r['before_s']:.0f}")
-    for key, label in (("measure_s", "trial: latency measurement"), ("finetune_s", "trial: fine-tune"), ("eval_s", "trial: evaluation")):
+    for key, label in (("measure_s", "trial: latency measurement"), ("finetune_s", "trial: fine-tune, scored on val each epoch")):
         row(label, lambda r, key=key: f"{np.median([t[key] for t in r['trials']]):.1f}" if r["trials"] else "-")
     row("trials (all, wall clock)", lambda r: f"{r['trials_s']:.0f} ({len(r['trials'])} trials)")
     row("polish", lambda r: f"{r['polish_s']:.0f}")

@@ -139,7 +139,7 @@ def uniform_recipe(space: SearchSpace, keep: float, importance: str = "l1") -> R
 
 def calibration_batch(data: SegmentationData, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """The first training slices and their masks: what Taylor importance back-propagates."""
-    return data.train.images[:size], data.train.masks[:size]
+    return data.train.images[:size], data.train.masks[:size].long()
 
 
 def create_study(name: str, url: str, settings: Settings, context: Context) -> tuple[optuna.Study, Settings]:

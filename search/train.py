@@ -308,4 +308,5 @@ def _batch(split: Split, index: torch.Tensor, schedule: Schedule, generator: tor
         tensors.append(teacher_outputs[index])
     if schedule.crop:
         tensors = random_patches(generator, schedule.crop, *tensors)
-    return [t.to(schedule.device) for t in tensors]
+    masks, *rest = tensors  # masks are stored compact (uint8); the loss takes int64
+    return [t.to(schedule.device) for t in (masks.long(), *rest)]

@@ -54,7 +54,7 @@ def test_shapes_dtypes_labels_and_normalisation():
     assert data.class_names == ("background", "RV", "myocardium", "LV") and data.source == "generated"
     for split in (data.train, data.val, data.test):
         assert split.images.dtype == torch.float32 and split.images.shape[1:] == (1, 32, 32)
-        assert split.masks.dtype == torch.int64 and split.masks.shape == (len(split), 32, 32)
+        assert split.masks.dtype == torch.uint8 and split.masks.shape == (len(split), 32, 32)
         assert len(split.groups) == len(split.images) == len(split.masks)
         assert 0 <= split.masks.min() and split.masks.max() < 4
         means, stds = split.images.mean(dim=(1, 2, 3)), split.images.std(dim=(1, 2, 3), unbiased=False)
@@ -113,7 +113,7 @@ def test_fit_scales_the_long_side_and_pads_the_short_one():
     mask[:, :, 40:] = 2
     images, masks = fit(image, mask, 32)
     assert images.shape == (1, 1, 32, 32) and masks.shape == (1, 32, 32)
-    assert images.dtype == np.float32 and masks.dtype == np.int64
+    assert images.dtype == np.float32 and masks.dtype == np.uint8
     assert (masks[0, :8] == 0).all() and (masks[0, 24:] == 0).all()  # 40x80 -> 16x32, padded 8 above and below
     assert (masks[0, 8:24, 16:] == 2).all() and (masks[0, 8:24, :16] == 0).all()
     assert images[0, 0, 0, 0] == images[0, 0, 8:24].min()  # padded with the slice's minimum

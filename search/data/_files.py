@@ -21,7 +21,7 @@ from PIL import Image
 from ...errors import UserError
 from ._cardiac import CLASS_NAMES as CARDIAC_CLASS_NAMES
 from ._channels import VOLUME_SUFFIXES, channel_of, check_same_channels, group_channels, is_volume, load_nifti
-from ._types import Slices
+from ._types import Slices, label_dtype
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
@@ -128,7 +128,7 @@ def fit(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, n
     """Fit (n, c, h, w) images and their (n, h, w) masks into size x size: scale so the
     longer side is ``size`` (images bilinear with anti-aliasing, masks nearest), then pad
     the shorter side evenly (each channel of an image with its minimum, masks with
-    background).  Returns float32 (n, c, size, size) and int64 (n, size, size) arrays."""
+    background).  Returns float32 (n, c, size, size) images and (n, size, size) labels (in :func:`label_dtype`)."""
     height, width = images.shape[2:]
     scaled = scaled_size(height, width, size)
     image_tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
@@ -140,7 +140,7 @@ def fit(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, n
     out_images = np.empty((*images.shape[:2], size, size), dtype=np.float32)
     out_images[:] = image_tensor.amin(dim=(2, 3)).numpy()[:, :, None, None]
     out_images[:, :, top : top + scaled[0], left : left + scaled[1]] = image_tensor.numpy()
-    out_masks = np.zeros((len(images), size, size), dtype=np.int64)
+    out_masks = np.zeros((len(images), size, size), dtype=label_dtype(masks))
     out_masks[:, top : top + scaled[0], left : left + scaled[1]] = mask_tensor[:, 0].numpy()
     return out_images, out_masks
 

@@ -15,7 +15,7 @@ from ...errors import UserError
 from . import _cardiac
 from ._files import read_folder
 from ._nnunet import NnunetPreprocessing, read_nnunet_raw
-from ._types import SegmentationData, Slices, Split
+from ._types import SegmentationData, Slices, Split, label_array
 
 DEFAULT_PATIENTS = 60
 FRACTIONS = {"val": 0.15, "test": 0.15}  # the rest is train
@@ -130,7 +130,7 @@ def _assemble(slices: Slices, seed: int, source: str, normalised: bool = False) 
         chosen = np.isin(groups, list(members))
         splits[name] = Split(
             images=torch.from_numpy(np.ascontiguousarray(images[chosen])),
-            masks=torch.from_numpy(slices.masks[chosen].astype(np.int64)),
+            masks=torch.from_numpy(label_array(slices.masks[chosen])),
             groups=tuple(groups[chosen].tolist()),
             volumes=tuple(np.array(slices.volumes)[chosen].tolist()),
             spacing=np.asarray(slices.spacing, dtype=np.float64)[chosen],

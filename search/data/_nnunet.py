@@ -38,7 +38,7 @@ from skimage.transform import resize
 from ...errors import UserError
 from ._channels import load_nifti
 from ._files import cases_by_name, files_by_name, nnunet_labels, compile_group_by, group_of
-from ._types import Slices
+from ._types import Slices, label_array
 
 READERS = ("SimpleITKIO", "NibabelIO", "NibabelIOWithReorient")
 SCHEMES = ("ZScoreNormalization", "CTNormalization", "NoNormalization", "RescaleTo01Normalization",
@@ -133,7 +133,7 @@ def read_nnunet_raw(root: Path, plan: NnunetPreprocessing, group_by: str | None 
         volumes += [name] * seg.shape[0]
         z = case_spacing[plan.transpose_forward[0]]
         spacing += [[*plan.spacing, z]] * seg.shape[0]
-    return Slices(np.concatenate(slices), np.concatenate(labels).astype(np.int64), tuple(groups), class_names,
+    return Slices(np.concatenate(slices), label_array(np.concatenate(labels)), tuple(groups), class_names,
                   tuple(volumes), np.asarray(spacing), "mm")
 
 

@@ -11,6 +11,17 @@ import torch
 SPLITS = ("train", "val", "test")
 
 
+def label_dtype(masks: np.ndarray) -> type:
+    """The type labels are stored in: uint8 where every label of ``masks`` is below 256 (an
+    eighth of int64's memory: 0.7 GB less at ACDC's size), else int64."""
+    return np.uint8 if masks.max(initial=0) < 256 else np.int64
+
+
+def label_array(masks: np.ndarray) -> np.ndarray:
+    """``masks`` in :func:`label_dtype` (no copy when it already is)."""
+    return masks.astype(label_dtype(masks), copy=False)
+
+
 class Slices(NamedTuple):
     """What a reader hands to the loader: every slice at the final size, before splitting.
 
@@ -35,7 +46,7 @@ class Slices(NamedTuple):
 @dataclass(frozen=True, eq=False)
 class Split:
     """One split: ``images`` float32 (N, C, H, W), each channel of each image normalised to
-    zero mean and unit std; ``masks`` int64 (N, H, W) holding labels in ``[0, num_classes)``;
+    zero mean and unit std; ``masks`` uint8 (int64 past label 255; :func:`label_array`) (N, H, W) holding labels in ``[0, num_classes)``;
     ``groups`` the patient (group) of each slice, so no patient is in two splits;
     ``volumes`` and ``spacing`` as in :class:`Slices` (per-patient figures read them)."""
 
