@@ -22,8 +22,8 @@ import torch
 import torch_pruning
 
 from ..errors import UserError
-from ..space import (Figures, GroupSurvey, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, figures,
-                     is_nnunet_folder, model_digest, nnunet_fold, survey_groups, warm_start)
+from ..space import (Figures, GroupSurvey, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, droppable_levels,
+                     figures, is_nnunet_folder, model_digest, nnunet_fold, survey_groups, warm_start)
 from .baseline import Baseline, build_model, example_input, from_state, get_baseline
 from .data import NnunetPreprocessing, SegmentationData, load_data
 from .anchors import can_anchor, nearest_anchor
@@ -55,6 +55,7 @@ class Context:
     teacher_outputs: torch.Tensor | None
     calibration: tuple[torch.Tensor, torch.Tensor]
     device: str  # where this worker trains: settings.device resolved on this machine
+    levels: list[tuple[str, ...]]  # the modules of each level the model can lose, deepest first (depth)
 
     @property
     def groups(self) -> list[LayerGroup]:
@@ -85,7 +86,8 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
     on an untrained copy first, so a model that cannot be pruned as the space asks is
     refused (:class:`UserError`) before its baseline trains. Groups that cannot be pruned
     safely are kept whole (``kept_whole``, added to the space's ``ignore``); only a model
-    with nothing left to prune is refused.
+    with nothing left to prune is refused. The space's depth is limited to the levels the
+    model can lose (none for most models of users: width only).
     """
     _check_model_file(settings)
     device = resolve_device(settings.device)
@@ -94,7 +96,8 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
     space = SearchSpace.from_dict(settings.space_spec)
     untrained = build_model(settings.model, data, settings.weights)
     survey = survey_groups(untrained, example, ignore=space.ignore)
-    space = replace(space, ignore=survey.ignore(space.ignore))
+    levels = droppable_levels(untrained)
+    space = replace(space, ignore=survey.ignore(space.ignore)).within_depth(len(levels))
     calibration = calibration_batch(data)
     apply_recipe(untrained, uniform_recipe(space, 0.5, importance=space.importance), example, calibration)
     baseline = (from_state(settings.model, data, baseline_state, settings.weights) if baseline_state is not None else
@@ -102,7 +105,7 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
                              device=device, crop=resolve_crop(settings.crop, data.image_size)))
     teacher = teacher_logits(baseline.model, data.train.images) if settings.distill > 0 else None
     return Context(settings, data, baseline, survey, space, Target.from_dict(settings.target),
-                   example, figures(baseline.model, example, survey.groups), teacher, calibration, device)
+                   example, figures(baseline.model, example, survey.groups), teacher, calibration, device, levels)
 
 
 def study_data(settings: Settings) -> SegmentationData:

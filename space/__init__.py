@@ -6,12 +6,12 @@
   ``uniform``) whose trials sample :class:`Recipe` objects, and the study's
   :func:`warm_start` (the uniform and capped shapes every study tries first);
 - structural pruning over Torch-Pruning: :func:`survey_groups` (what prunes, what is
-  kept whole), :func:`layer_groups`, :func:`channel_plan`,
+  kept whole), :func:`layer_groups`, :func:`droppable_levels` (depth), :func:`channel_plan`,
   :func:`apply_recipe`, :func:`rebuild`, and cheap size :func:`figures`.
 """
 
 from ._figures import Figures, figures
-from ._prune import GroupSurvey, apply_recipe, layer_groups, rebuild, survey_groups
+from ._prune import GroupSurvey, apply_recipe, droppable_levels, layer_groups, rebuild, survey_groups
 from ._recipe import LayerGroup, Recipe, channel_plan
 from ._space import SearchSpace
 from ._warm import warm_start
@@ -32,6 +32,7 @@ __all__ = [
     "apply_recipe",
     "channel_plan",
     "count_parameters",
+    "droppable_levels",
     "figures",
     "is_nnunet_folder",
     "layer_groups",

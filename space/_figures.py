@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import UserError
 from ._prune import layer_groups
-from ._recipe import LayerGroup
+from ._recipe import LayerGroup, is_ignored
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,8 @@ class Figures:
     """Size of one network for one input shape.
 
     ``params`` counts every parameter; ``macs`` the multiply-accumulates of one sample;
-    ``channels`` the output channels of each layer group, by group name.
+    ``channels`` the output channels of each layer group, by group name (0 for a group
+    whose level the network dropped).
     """
 
     params: int
@@ -45,7 +46,8 @@ def figures(model: nn.Module, example_input: torch.Tensor, groups: Sequence[Laye
     # encoder) twice, and prints a warning on stdout for each such module, every call: counted all the same.
     with contextlib.redirect_stdout(io.StringIO()):
         macs, _ = tp.utils.count_ops_and_params(model, (example_input,))
-    channels = {g.name: _out_channels(model, g.name) for g in groups}
+    dropped = getattr(model, "dropped", ())
+    channels = {g.name: 0 if is_ignored(g.name, dropped) else _out_channels(model, g.name) for g in groups}
     return Figures(sum(p.numel() for p in model.parameters()), int(macs), channels)
 
 

@@ -42,6 +42,8 @@ class Recipe:
     weights); "scale" builds the same narrower architecture with fresh weights. A group's
     kept fraction is ``keep.get(name, 1.0) * width``; see :func:`channel_plan` for rounding.
     ``ignore`` names groups (or module prefixes) left at full width, untouched by ``width``.
+    ``removed`` names the modules of the deepest levels the network loses (depth: a model's
+    ``droppable_levels()``, see :func:`~._prune.drop_levels`); their groups keep 0 channels.
     Invalid values raise :class:`UserError` on construction.
     """
 
@@ -52,6 +54,7 @@ class Recipe:
     min_channels: int = 1
     importance: str = "l1"
     ignore: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
 
     def __post_init__(self):
         _check_choice("method", self.method, METHODS)
@@ -64,11 +67,12 @@ class Recipe:
         object.__setattr__(self, "keep", {str(k): float(v) for k, v in self.keep.items()})
         object.__setattr__(self, "width", float(self.width))
         object.__setattr__(self, "ignore", tuple(str(name) for name in self.ignore))
+        object.__setattr__(self, "removed", tuple(str(name) for name in self.removed))
 
     def to_dict(self) -> dict:
         """A JSON-safe dict; ``Recipe.from_dict(r.to_dict()) == r``."""
         data = asdict(self)
-        data["ignore"] = list(self.ignore)
+        data["ignore"], data["removed"] = list(self.ignore), list(self.removed)
         return data
 
     @classmethod
@@ -78,7 +82,8 @@ class Recipe:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown recipe key(s) {', '.join(unknown)}: use only {', '.join(sorted(known))}")
-        return cls(**{**data, "keep": dict(data.get("keep", {})), "ignore": tuple(data.get("ignore", ()))})
+        return cls(**{**data, "keep": dict(data.get("keep", {})), "ignore": tuple(data.get("ignore", ())),
+                      "removed": tuple(data.get("removed", ()))})
 
     @classmethod
     def uniform(cls, keep: float, **kwargs) -> "Recipe":
@@ -98,7 +103,8 @@ def kept_channels(channels: int, ratio: float, round_to: int = 1, min_channels: 
 def channel_plan(groups: Sequence[LayerGroup], recipe: Recipe) -> dict[str, int]:
     """Kept channels per group name: exactly what :func:`apply_recipe` will produce.
 
-    Counts are rounded to multiples of both ``recipe.round_to`` and the group's ``step``.
+    Counts are rounded to multiples of both ``recipe.round_to`` and the group's ``step``;
+    a group the recipe ``removed`` keeps 0.
 
     A name in ``recipe.keep`` that is not one of ``groups`` raises :class:`UserError`.
     """
@@ -110,7 +116,8 @@ def channel_plan(groups: Sequence[LayerGroup], recipe: Recipe) -> dict[str, int]
             f"use names from layer_groups(), e.g. {', '.join(names[:4])}"
         )
     ratios = {g.name: recipe.keep.get(g.name, 1.0) * recipe.width for g in groups}
-    return {g.name: kept_channels(g.channels, ratios[g.name], math.lcm(recipe.round_to, g.step), recipe.min_channels)
+    return {g.name: 0 if is_ignored(g.name, recipe.removed) else
+            kept_channels(g.channels, ratios[g.name], math.lcm(recipe.round_to, g.step), recipe.min_channels)
             for g in groups}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,10 +19,11 @@ if TYPE_CHECKING:
 GRANULARITIES = ("per-layer", "per-stage", "nnunet-stages", "uniform")
 PRESETS_DIR = Path(__file__).with_name("presets")
 _KEYS = {
-    "": {"granularity", "methods", "keep", "width", "channels", "importance", "ignore"},
+    "": {"granularity", "methods", "keep", "width", "channels", "importance", "ignore", "depth"},
     "keep": {"low", "high", "step", "log"},
     "width": {"choices"},
     "channels": {"round_to", "min_channels"},
+    "depth": {"drop"},
 }
 
 
@@ -35,7 +36,9 @@ class SearchSpace:
     stage at its resolution, so every network is one nnU-Net's plans describe) or ``keep`` (uniform), each a float in [keep_low, keep_high]; ``width`` from
     ``width_choices`` and ``method`` from ``methods``, each only when there is more than one
     choice. A group's kept fraction is its keep times the width. Groups named by ``ignore``
-    stay at full width. Impossible settings raise :class:`UserError` naming the TOML key.
+    stay at full width. ``depth.drop`` (from ``depth_drop``, when it lists more than one)
+    is how many of the model's deepest levels the network loses (0: the model's own depth);
+    a model without levels to drop is searched at ``within_depth(0)``. Impossible settings raise :class:`UserError` naming the TOML key.
     The defaults are the ``per-layer`` preset.
     """
 
@@ -50,6 +53,7 @@ class SearchSpace:
     min_channels: int = 1
     importance: str = "l1"
     ignore: tuple[str, ...] = ()
+    depth_drop: tuple[int, ...] = (0,)
 
     def __post_init__(self):
         methods, choices = list(self.methods), list(self.width_choices)
@@ -66,6 +70,10 @@ class SearchSpace:
         _check(ratios, "width.choices", choices, "a list of distinct ratios in (0, 1]")
         _check(_is_count(self.round_to), "channels.round_to", self.round_to, "a whole number >= 1")
         _check(_is_count(self.min_channels), "channels.min_channels", self.min_channels, "a whole number >= 1")
+        drops = list(self.depth_drop)
+        _check(_distinct(drops) and all(map(_is_whole, drops)), "depth.drop", drops,
+               "a list of distinct whole numbers >= 0 (levels dropped), e.g. [0, 1, 2]")
+        object.__setattr__(self, "depth_drop", tuple(drops))
         object.__setattr__(self, "methods", tuple(methods))
         object.__setattr__(self, "width_choices", tuple(map(float, choices)))
         object.__setattr__(self, "keep_low", float(self.keep_low))
@@ -110,13 +118,14 @@ class SearchSpace:
             "channels": {"round_to": self.round_to, "min_channels": self.min_channels},
             "importance": self.importance,
             "ignore": list(self.ignore),
+            "depth": {"drop": list(self.depth_drop)},
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchSpace":
         """The space described by ``data`` (a parsed TOML file or :meth:`to_dict`)."""
         _reject_unknown(data, "")
-        keep, width, channels = (_table(data, key) for key in ("keep", "width", "channels"))
+        keep, width, channels, depth = (_table(data, key) for key in ("keep", "width", "channels", "depth"))
         default = cls()
         return cls(
             granularity=data.get("granularity", default.granularity),
@@ -130,24 +139,38 @@ class SearchSpace:
             min_channels=channels.get("min_channels", default.min_channels),
             importance=data.get("importance", default.importance),
             ignore=_strings(data, "ignore", default.ignore),
+            depth_drop=tuple(depth.get("drop", default.depth_drop)),
         )
 
-    def sample(self, trial: "optuna.Trial", groups: Sequence[LayerGroup]) -> Recipe:
+    def within_depth(self, levels: int) -> "SearchSpace":
+        """This space for a model that can lose at most ``levels`` levels: deeper drops left out
+        (the model's own depth, 0, when none is left)."""
+        return replace(self, depth_drop=tuple(d for d in self.depth_drop if d <= levels) or (0,))
+
+    def sample(self, trial: "optuna.Trial", groups: Sequence[LayerGroup], levels: Sequence[Sequence[str]] = ()) -> Recipe:
         """The recipe ``trial`` suggests for a model with these layer groups.
 
         ``groups`` come from :func:`layer_groups`, with or without this space's ``ignore``
         applied (``layer_groups(model, x, space.ignore)`` is what checks the names); the
         recipe carries ``ignore`` so that :func:`apply_recipe` leaves those layers whole.
+        ``levels`` are the model's droppable levels, deepest first (:func:`droppable_levels`);
+        every group's keep is suggested whatever the depth (a fixed space for the sampler),
+        those of removed levels are left out of the recipe.
         """
         searched = self.searched(groups)
         method = _choose(trial, "method", self.methods)
         width = _choose(trial, "width", self.width_choices)
+        drop = _choose(trial, "depth.drop", self.depth_drop)
+        if drop > len(levels):
+            raise UserError(f"depth.drop = {drop}, but the model can lose {len(levels)} levels: use within_depth")
+        removed = tuple(name for level in levels[:drop] for name in level)
         low, high, step, log = self.keep_low, self.keep_high, self.keep_step, self.keep_log
         params = self._params(searched)
         keep = {g.name: trial.suggest_float(params[g.name], low, high, step=step, log=log) for g in searched}
         return Recipe(
             method=method,
-            keep=keep,
+            keep={name: ratio for name, ratio in keep.items() if not is_ignored(name, removed)},
+            removed=removed,
             width=width,
             round_to=self.round_to,
             min_channels=self.min_channels,
@@ -206,9 +229,7 @@ class SearchSpace:
         params = {name: self._snap(fraction / width) for name, fraction in wanted.items()}
         if len(self.width_choices) > 1:
             params["width"] = width
-        if len(self.methods) > 1:
-            params["method"] = self.methods[0]
-        return params
+        return params | self._first_choices()
 
     def _uniform_params(self, fraction: float, names: list[str]) -> dict:
         """Params for ``fraction`` of every group: the widest width whose keep stays in range."""
@@ -217,9 +238,12 @@ class SearchSpace:
         params = dict.fromkeys(names, self._snap(fraction / width))
         if len(self.width_choices) > 1:
             params["width"] = width
-        if len(self.methods) > 1:
-            params["method"] = self.methods[0]
-        return params
+        return params | self._first_choices()
+
+    def _first_choices(self) -> dict:
+        """The first method and the shallowest drop (the model's own depth), for the spaces that choose them."""
+        params = {"method": self.methods[0]} if len(self.methods) > 1 else {}
+        return params | ({"depth.drop": min(self.depth_drop)} if len(self.depth_drop) > 1 else {})
 
     def _snap(self, keep: float) -> float:
         """The nearest keep the space can suggest."""
@@ -296,8 +320,12 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return _is_whole(value) and value >= 1
 
 
 def _distinct(values: list) -> bool:

@@ -37,8 +37,9 @@ def warm_start(space: SearchSpace, groups: Sequence[LayerGroup], count: int) -> 
     4 ... times the narrowest searched group's channels (distinct points only; a
     ``uniform`` space has one shape), the last of them replaced by the first capped shape
     with the space's second method when it lists two and ``count`` is at least 3; then the
-    first capped shape (or uniform) at each of :data:`TRADE_OFF_FRACTIONS`. ``count`` 0
-    gives no point at all. ``groups`` are the model's, as for :meth:`SearchSpace.sample`.
+    first capped shape (or uniform) at each of :data:`TRADE_OFF_FRACTIONS`, and at the
+    budget at each deeper drop the space lists (``depth.drop``). ``count`` 0 gives no point
+    at all. ``groups`` are the model's, as for :meth:`SearchSpace.sample`.
     """
     if count < 1:
         return []
@@ -53,4 +54,6 @@ def warm_start(space: SearchSpace, groups: Sequence[LayerGroup], count: int) -> 
     if len(space.methods) == 2 and count >= 3 and len(shapes) >= 2:
         shapes = shapes[: count - 1] + [{**trade_off, "method": space.methods[1]}]
     shapes = shapes[:count]
-    return [(params, 1.0) for params in shapes] + [(trade_off, fraction) for fraction in TRADE_OFF_FRACTIONS]
+    shallower = [{**trade_off, "depth.drop": drop} for drop in sorted(space.depth_drop)[1:]]
+    return ([(params, 1.0) for params in shapes] + [(trade_off, fraction) for fraction in TRADE_OFF_FRACTIONS]
+            + [(params, 1.0) for params in shallower])

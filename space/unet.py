@@ -72,11 +72,16 @@ class DoubleConv(nn.Sequential):
         self.relu2 = nn.ReLU(inplace=True)
 
 
+# The encoder stage of each level, full resolution first; the U-Net's depth is how many it keeps.
+LEVELS = ("enc1", "enc2", "enc3", "enc4", "bottleneck")
+MIN_LEVELS = 3  # a U-Net kept at least this deep (two poolings) by :meth:`UNet.drop_levels`
+
+
 class UNet(nn.Module):
     """Ronneberger's U-Net: 4 max-pool downsamplings, transposed-conv upsampling, concat skips.
 
     Input ``(N, in_channels, H, W)`` with H and W divisible by 16; output logits
-    ``(N, num_classes, H, W)``.
+    ``(N, num_classes, H, W)``. :meth:`drop_levels` makes it shallower (depth beside width).
     """
 
     def __init__(self, config: UNetConfig = UNetConfig()):
@@ -84,6 +89,8 @@ class UNet(nn.Module):
         if len(config.widths) != 5:
             raise UserError(f"a U-Net needs 5 stage widths, got {len(config.widths)}: give e.g. 32,64,128,256,512")
         self.config = config
+        self.levels = len(LEVELS)
+        self.dropped: tuple[str, ...] = ()  # the modules drop_levels removed
         w1, w2, w3, w4, w5 = config.widths
         self.enc1 = DoubleConv(config.in_channels, w1, w1)
         self.enc2 = DoubleConv(w1, w2, w2)
@@ -102,16 +109,33 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(w1, config.num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s1 = self.enc1(x)
-        s2 = self.enc2(self.pool(s1))
-        s3 = self.enc3(self.pool(s2))
-        s4 = self.enc4(self.pool(s3))
-        x = self.bottleneck(self.pool(s4))
-        x = self.dec4(torch.cat([s4, self.up4(x)], dim=1))
-        x = self.dec3(torch.cat([s3, self.up3(x)], dim=1))
-        x = self.dec2(torch.cat([s2, self.up2(x)], dim=1))
-        x = self.dec1(torch.cat([s1, self.up1(x)], dim=1))
+        skips = []
+        for level, name in enumerate(LEVELS[: self.levels]):
+            x = getattr(self, name)(x if level == 0 else self.pool(x))
+            skips.append(x)
+        x = skips.pop()  # the deepest kept stage is the bottom of the U
+        for level in range(len(skips), 0, -1):
+            x = getattr(self, f"dec{level}")(torch.cat([skips[level - 1], getattr(self, f"up{level}")(x)], dim=1))
         return self.head(x)
+
+    def droppable_levels(self) -> list[tuple[str, ...]]:
+        """The modules of each level :meth:`drop_levels` can remove, deepest first: its encoder
+        stage and the upsampling and decoder stage that bring it back up."""
+        return [(LEVELS[level - 1], f"up{level - 1}", f"dec{level - 1}") for level in range(self.levels, MIN_LEVELS, -1)]
+
+    def drop_levels(self, count: int) -> None:
+        """Remove the ``count`` deepest levels in place: the encoder stage above them becomes
+        the bottom of the U and feeds the next upsampling directly (its channels already match).
+        Every other module keeps its weights; ``dropped`` names the removed ones. More than
+        :meth:`droppable_levels` raises UserError."""
+        droppable = self.droppable_levels()
+        if not 0 <= count <= len(droppable):
+            raise UserError(f"cannot drop {count} levels of a {self.levels}-level U-Net: at most {len(droppable)}")
+        for names in droppable[:count]:
+            for name in names:
+                delattr(self, name)
+            self.dropped += names
+        self.levels -= count
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -163,7 +163,7 @@ def test_impossible_spaces_are_refused(tmp_path, text, key):
 
 
 def test_unknown_spaces_are_refused(tmp_path):
-    with pytest.raises(UserError, match="per-layer, per-stage, uniform"):
+    with pytest.raises(UserError, match="per-layer, per-layer-depth, per-stage, uniform"):
         SearchSpace.load("per-block")
     with pytest.raises(UserError, match="cannot read"):
         SearchSpace.load(tmp_path / "missing.toml")
@@ -237,3 +237,46 @@ def test_warm_start_tries_the_first_capped_shape_with_the_other_method_when_the_
     assert [p["method"] for p, _ in warm_start(both, groups, 2)] == [first] * 4  # too few shapes to give one up
     assert SearchSpace.load("per-layer").methods == ("prune",)  # inherited weights: see space/_warm.py
     assert "method" not in warm_start(SearchSpace.load("per-layer"), groups, 4)[0][0]
+
+
+def test_depth_preset_is_the_per_layer_space_with_levels_to_drop():
+    depth = SearchSpace.load("per-layer-depth")
+    assert depth.depth_drop == (0, 1, 2)
+    assert dataclasses.replace(depth, depth_drop=(0,)) == SearchSpace.load("per-layer")
+    assert depth.within_depth(1).depth_drop == (0, 1) and depth.within_depth(0).depth_drop == (0,)
+    assert SearchSpace.from_dict(json.loads(json.dumps(depth.to_dict()))) == depth
+
+
+@pytest.mark.parametrize("drop", [[-1], [0, 0], [0.5], [], "1"])
+def test_impossible_depths_are_refused(drop):
+    with pytest.raises(UserError, match="depth.drop"):
+        SearchSpace.from_dict({"depth": {"drop": drop}})
+
+
+def test_a_sampled_depth_removes_the_deepest_levels(tiny, x, groups):
+    space, levels = SearchSpace.load("per-layer-depth"), tiny.droppable_levels()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drops = set()
+    for _ in range(12):
+        trial = study.ask()
+        recipe = space.sample(trial, groups, levels)
+        drop = trial.params["depth.drop"]
+        drops.add(drop)
+        assert set(recipe.removed) == {name for level in levels[:drop] for name in level}
+        assert set(recipe.keep) == {g.name for g in groups if g.name.split(".")[0] not in recipe.removed}
+        assert {name for name, n in channel_plan(groups, recipe).items() if n == 0} == {g.name for g in groups} - set(recipe.keep)
+        assert apply_recipe(tiny, recipe, x)(x).shape == tiny(x).shape
+        study.tell(trial, 0.0)
+    assert drops == {0, 1, 2}
+    with pytest.raises(UserError, match="within_depth"):
+        space.sample(optuna.trial.FixedTrial({**space.capped_params(4, groups), "depth.drop": 2}), groups, levels[:1])
+
+
+def test_warm_start_tries_its_first_capped_shape_at_every_depth(groups):
+    space = SearchSpace.load("per-layer-depth")
+    points = warm_start(space, groups, 3)
+    at_budget = [params for params, fraction in points if fraction == 1.0]
+    assert [p["depth.drop"] for p in at_budget] == [0, 0, 0, 1, 2]
+    assert [{**p, "depth.drop": 0} for p in at_budget[3:]] == [at_budget[1]] * 2
+    assert all(p["depth.drop"] == 0 for p, fraction in points if fraction != 1.0)
+    assert "depth.drop" not in warm_start(SearchSpace.load("per-layer"), groups, 3)[0][0]
