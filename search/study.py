@@ -22,7 +22,7 @@ import torch
 import torch_pruning
 
 from ..errors import UserError
-from ..space import (Figures, GroupSurvey, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, droppable_levels,
+from ..space import (Depth, Figures, GroupSurvey, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, depth_of,
                      figures, is_nnunet_folder, model_digest, nnunet_fold, survey_groups, warm_start)
 from .baseline import Baseline, build_model, example_input, from_state, get_baseline
 from .data import NnunetPreprocessing, SegmentationData, load_data
@@ -55,7 +55,7 @@ class Context:
     teacher_outputs: torch.Tensor | None
     calibration: tuple[torch.Tensor, torch.Tensor]
     device: str  # where this worker trains: settings.device resolved on this machine
-    levels: list[tuple[str, ...]]  # the modules of each level the model can lose, deepest first (depth)
+    depth: Depth  # what of its depth the model can lose (levels, second convolutions)
 
     @property
     def groups(self) -> list[LayerGroup]:
@@ -86,8 +86,8 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
     on an untrained copy first, so a model that cannot be pruned as the space asks is
     refused (:class:`UserError`) before its baseline trains. Groups that cannot be pruned
     safely are kept whole (``kept_whole``, added to the space's ``ignore``); only a model
-    with nothing left to prune is refused. The space's depth is limited to the levels the
-    model can lose (none for most models of users: width only).
+    with nothing left to prune is refused. The space's depth is limited to what the model
+    can lose (nothing, for most models of users: width only).
     """
     _check_model_file(settings)
     device = resolve_device(settings.device)
@@ -96,8 +96,8 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
     space = SearchSpace.from_dict(settings.space_spec)
     untrained = build_model(settings.model, data, settings.weights)
     survey = survey_groups(untrained, example, ignore=space.ignore)
-    levels = droppable_levels(untrained)
-    space = replace(space, ignore=survey.ignore(space.ignore)).within_depth(len(levels))
+    depth = depth_of(untrained)
+    space = replace(space, ignore=survey.ignore(space.ignore)).for_depth(depth)
     calibration = calibration_batch(data)
     apply_recipe(untrained, uniform_recipe(space, 0.5, importance=space.importance), example, calibration)
     baseline = (from_state(settings.model, data, baseline_state, settings.weights) if baseline_state is not None else
@@ -105,7 +105,7 @@ def prepare(settings: Settings, baseline_state: dict[str, torch.Tensor] | None =
                              device=device, crop=resolve_crop(settings.crop, data.image_size)))
     teacher = teacher_logits(baseline.model, data.train.images) if settings.distill > 0 else None
     return Context(settings, data, baseline, survey, space, Target.from_dict(settings.target),
-                   example, figures(baseline.model, example, survey.groups), teacher, calibration, device, levels)
+                   example, figures(baseline.model, example, survey.groups), teacher, calibration, device, depth)
 
 
 def study_data(settings: Settings) -> SegmentationData:
@@ -168,7 +168,7 @@ def create_study(name: str, url: str, settings: Settings, context: Context) -> t
     if reference is not None:
         study.set_user_attr(REFERENCE_ATTR, reference)
     _seed_cache(study, context, reference, baseline_stats)
-    for params, fraction in warm_start(context.space, context.groups, settings.warm_start):
+    for params, fraction in warm_start(context.space, context.groups, settings.warm_start, context.depth):
         study.enqueue_trial(params, user_attrs={"budget_fraction": fraction})
     return study, settings
 

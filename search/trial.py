@@ -97,7 +97,7 @@ class TrialRunner:
         self.quota.claim(trial)
         ctx = self.context
         fraction = trial.user_attrs.get("budget_fraction", 1.0)
-        shape = normalised(ctx.space.sample(trial, ctx.groups, ctx.levels))
+        shape = normalised(ctx.space.sample(trial, ctx.groups, ctx.depth))
         precision = self._precision(trial)
         self.on_phase(trial, "projecting onto the budget")
         start = time.perf_counter()

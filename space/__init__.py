@@ -6,12 +6,13 @@
   ``uniform``) whose trials sample :class:`Recipe` objects, and the study's
   :func:`warm_start` (the uniform and capped shapes every study tries first);
 - structural pruning over Torch-Pruning: :func:`survey_groups` (what prunes, what is
-  kept whole), :func:`layer_groups`, :func:`droppable_levels` (depth), :func:`channel_plan`,
+  kept whole), :func:`layer_groups`, :func:`depth_of` (what depth can go), :func:`channel_plan`,
   :func:`apply_recipe`, :func:`rebuild`, and cheap size :func:`figures`.
 """
 
 from ._figures import Figures, figures
-from ._prune import GroupSurvey, apply_recipe, droppable_levels, layer_groups, rebuild, survey_groups
+from ._depth import Depth, depth_of
+from ._prune import GroupSurvey, apply_recipe, layer_groups, rebuild, survey_groups
 from ._recipe import LayerGroup, Recipe, channel_plan
 from ._space import SearchSpace
 from ._warm import warm_start
@@ -21,6 +22,7 @@ from .unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, ro
 
 __all__ = [
     "PRESETS",
+    "Depth",
     "Figures",
     "GroupSurvey",
     "LayerGroup",
@@ -32,7 +34,7 @@ __all__ = [
     "apply_recipe",
     "channel_plan",
     "count_parameters",
-    "droppable_levels",
+    "depth_of",
     "figures",
     "is_nnunet_folder",
     "layer_groups",

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
+from ._depth import drop_depth
 from ._errors import brief, shorten
 from ._recipe import LayerGroup, Recipe, channel_plan, is_ignored, without_ignored
 from ._tp_patch import UntracedConcatInput, decouple_broadcasts, recording_shapes
@@ -111,7 +112,7 @@ def apply_recipe(
     mode, and its output shape equals the baseline's.
     """
     net = copy.deepcopy(model)
-    recipe = drop_levels(net, recipe)
+    recipe = drop_depth(net, recipe)
     if recipe.method == "scale":
         prune_in_place(net, dataclasses.replace(recipe, importance="l1"), example_input)
         _reinitialise(net)
@@ -129,38 +130,13 @@ def rebuild(baseline: nn.Module, recipe: Recipe, example_input: torch.Tensor, st
     :class:`UserError`.
     """
     net = copy.deepcopy(baseline)
-    prune_in_place(net, dataclasses.replace(drop_levels(net, recipe), importance="l1"), example_input)
+    prune_in_place(net, dataclasses.replace(drop_depth(net, recipe), importance="l1"), example_input)
     try:
         net.load_state_dict(state_dict)
     except RuntimeError as err:
         message = f"the weights do not fit the recipe's network ({brief(err)}): rebuild with their own recipe"
         raise UserError(message) from err
     return net.eval()
-
-
-def droppable_levels(model: nn.Module) -> list[tuple[str, ...]]:
-    """The module names of each level ``model`` can lose, deepest first (its ``droppable_levels()``);
-    empty for a model without depth to search."""
-    levels = getattr(model, "droppable_levels", None)
-    return levels() if callable(levels) else []
-
-
-def drop_levels(model: nn.Module, recipe: Recipe) -> Recipe:
-    """Remove ``recipe.removed`` from ``model`` in place: its deepest levels, through the model's
-    own ``drop_levels(count)``; returns the recipe for what remains (its keeps and ignores
-    under removed modules left out). ``removed`` that is not the modules of the deepest
-    levels of ``model`` raises :class:`UserError`."""
-    if not recipe.removed:
-        return recipe
-    levels = droppable_levels(model)
-    count = next((n for n in range(1, len(levels) + 1) if {m for level in levels[:n] for m in level} == set(recipe.removed)), None)
-    if count is None:
-        deepest = ", ".join(levels[0]) if levels else "none"
-        raise UserError(f"the recipe removes {', '.join(recipe.removed)}, which are not this model's deepest levels "
-                        f"(deepest: {deepest}): rebuild with the model the recipe was made for")
-    model.drop_levels(count)
-    return dataclasses.replace(recipe, keep={k: v for k, v in recipe.keep.items() if not is_ignored(k, recipe.removed)},
-                               ignore=tuple(e for e in recipe.ignore if not is_ignored(e, recipe.removed)))
 
 
 def prune_in_place(

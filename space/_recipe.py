@@ -42,8 +42,8 @@ class Recipe:
     weights); "scale" builds the same narrower architecture with fresh weights. A group's
     kept fraction is ``keep.get(name, 1.0) * width``; see :func:`channel_plan` for rounding.
     ``ignore`` names groups (or module prefixes) left at full width, untouched by ``width``.
-    ``removed`` names the modules of the deepest levels the network loses (depth: a model's
-    ``droppable_levels()``, see :func:`~._prune.drop_levels`); their groups keep 0 channels.
+    ``removed`` names the modules the network loses whole (depth: a model's
+    deepest levels and second convolutions, :mod:`._depth`); their groups keep 0 channels.
     Invalid values raise :class:`UserError` on construction.
     """
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ._nnunet import nnunet_stages
+from ._depth import Depth
 from ._recipe import IMPORTANCES, METHODS, LayerGroup, Recipe, is_ignored
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ _KEYS = {
     "keep": {"low", "high", "step", "log"},
     "width": {"choices"},
     "channels": {"round_to", "min_channels"},
-    "depth": {"drop"},
+    "depth": {"drop", "convs"},
 }
 
 
@@ -36,9 +37,11 @@ class SearchSpace:
     stage at its resolution, so every network is one nnU-Net's plans describe) or ``keep`` (uniform), each a float in [keep_low, keep_high]; ``width`` from
     ``width_choices`` and ``method`` from ``methods``, each only when there is more than one
     choice. A group's kept fraction is its keep times the width. Groups named by ``ignore``
-    stay at full width. ``depth.drop`` (from ``depth_drop``, when it lists more than one)
-    is how many of the model's deepest levels the network loses (0: the model's own depth);
-    a model without levels to drop is searched at ``within_depth(0)``. Impossible settings raise :class:`UserError` naming the TOML key.
+    stay at full width. Depth (:mod:`._depth`), where the model offers it: ``depth.drop``
+    (from ``depth_drop``) is how many of its deepest levels the network loses (0: its own
+    depth), ``convs.<stage>`` (from ``depth_convs``) how many convolutions a stage keeps (2
+    or 1), each a parameter only when it has more than one choice; :meth:`for_depth` limits
+    both to what a model offers. Impossible settings raise :class:`UserError` naming the TOML key.
     The defaults are the ``per-layer`` preset.
     """
 
@@ -54,6 +57,7 @@ class SearchSpace:
     importance: str = "l1"
     ignore: tuple[str, ...] = ()
     depth_drop: tuple[int, ...] = (0,)
+    depth_convs: tuple[int, ...] = (2,)
 
     def __post_init__(self):
         methods, choices = list(self.methods), list(self.width_choices)
@@ -74,6 +78,9 @@ class SearchSpace:
         _check(_distinct(drops) and all(map(_is_whole, drops)), "depth.drop", drops,
                "a list of distinct whole numbers >= 0 (levels dropped), e.g. [0, 1, 2]")
         object.__setattr__(self, "depth_drop", tuple(drops))
+        convs = list(self.depth_convs)
+        _check(_distinct(convs) and set(convs) <= {1, 2}, "depth.convs", convs, "[2], [1] or [2, 1] (convolutions per stage)")
+        object.__setattr__(self, "depth_convs", tuple(convs))
         object.__setattr__(self, "methods", tuple(methods))
         object.__setattr__(self, "width_choices", tuple(map(float, choices)))
         object.__setattr__(self, "keep_low", float(self.keep_low))
@@ -118,7 +125,7 @@ class SearchSpace:
             "channels": {"round_to": self.round_to, "min_channels": self.min_channels},
             "importance": self.importance,
             "ignore": list(self.ignore),
-            "depth": {"drop": list(self.depth_drop)},
+            "depth": {"drop": list(self.depth_drop), "convs": list(self.depth_convs)},
         }
 
     @classmethod
@@ -140,30 +147,40 @@ class SearchSpace:
             importance=data.get("importance", default.importance),
             ignore=_strings(data, "ignore", default.ignore),
             depth_drop=tuple(depth.get("drop", default.depth_drop)),
+            depth_convs=tuple(depth.get("convs", default.depth_convs)),
         )
 
-    def within_depth(self, levels: int) -> "SearchSpace":
-        """This space for a model that can lose at most ``levels`` levels: deeper drops left out
-        (the model's own depth, 0, when none is left)."""
-        return replace(self, depth_drop=tuple(d for d in self.depth_drop if d <= levels) or (0,))
+    def for_depth(self, depth: Depth) -> "SearchSpace":
+        """This space for a model that offers ``depth``: drops deeper than its levels left out
+        (0 when none is left), two convolutions per stage when it has no stage to thin."""
+        drops = tuple(d for d in self.depth_drop if d <= len(depth.levels)) or (0,)
+        return replace(self, depth_drop=drops, depth_convs=self.depth_convs if depth.convs else (2,))
 
-    def sample(self, trial: "optuna.Trial", groups: Sequence[LayerGroup], levels: Sequence[Sequence[str]] = ()) -> Recipe:
+    def depth_params(self, depth: Depth, drop: int = 0, single: Sequence[str] = ()) -> dict:
+        """The parameters of the point at ``depth`` that drops ``drop`` levels and keeps one
+        convolution in the ``single`` stages (others two), for ``enqueue_trial``; only those
+        this space samples."""
+        params = {"depth.drop": drop} if len(self.depth_drop) > 1 else {}
+        if len(self.depth_convs) > 1:
+            params |= {f"convs.{stage}": 1 if stage in single else 2 for stage in depth.convs}
+        return params
+
+    def sample(self, trial: "optuna.Trial", groups: Sequence[LayerGroup], depth: Depth = Depth()) -> Recipe:
         """The recipe ``trial`` suggests for a model with these layer groups.
 
         ``groups`` come from :func:`layer_groups`, with or without this space's ``ignore``
         applied (``layer_groups(model, x, space.ignore)`` is what checks the names); the
         recipe carries ``ignore`` so that :func:`apply_recipe` leaves those layers whole.
-        ``levels`` are the model's droppable levels, deepest first (:func:`droppable_levels`);
-        every group's keep is suggested whatever the depth (a fixed space for the sampler),
-        those of removed levels are left out of the recipe.
+        ``depth`` is what of its depth the model offers (:func:`depth_of`); every group's keep
+        is suggested whatever the depth (a fixed space for the sampler), those of removed
+        modules are left out of the recipe.
         """
         searched = self.searched(groups)
         method = _choose(trial, "method", self.methods)
         width = _choose(trial, "width", self.width_choices)
         drop = _choose(trial, "depth.drop", self.depth_drop)
-        if drop > len(levels):
-            raise UserError(f"depth.drop = {drop}, but the model can lose {len(levels)} levels: use within_depth")
-        removed = tuple(name for level in levels[:drop] for name in level)
+        single = [stage for stage in depth.convs if _choose(trial, f"convs.{stage}", self.depth_convs) == 1]
+        removed = depth.removed(drop, single)
         low, high, step, log = self.keep_low, self.keep_high, self.keep_step, self.keep_log
         params = self._params(searched)
         keep = {g.name: trial.suggest_float(params[g.name], low, high, step=step, log=log) for g in searched}
@@ -229,7 +246,7 @@ class SearchSpace:
         params = {name: self._snap(fraction / width) for name, fraction in wanted.items()}
         if len(self.width_choices) > 1:
             params["width"] = width
-        return params | self._first_choices()
+        return params | self._first_method()
 
     def _uniform_params(self, fraction: float, names: list[str]) -> dict:
         """Params for ``fraction`` of every group: the widest width whose keep stays in range."""
@@ -238,12 +255,10 @@ class SearchSpace:
         params = dict.fromkeys(names, self._snap(fraction / width))
         if len(self.width_choices) > 1:
             params["width"] = width
-        return params | self._first_choices()
+        return params | self._first_method()
 
-    def _first_choices(self) -> dict:
-        """The first method and the shallowest drop (the model's own depth), for the spaces that choose them."""
-        params = {"method": self.methods[0]} if len(self.methods) > 1 else {}
-        return params | ({"depth.drop": min(self.depth_drop)} if len(self.depth_drop) > 1 else {})
+    def _first_method(self) -> dict:
+        return {"method": self.methods[0]} if len(self.methods) > 1 else {}
 
     def _snap(self, keep: float) -> float:
         """The nearest keep the space can suggest."""

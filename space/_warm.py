@@ -24,22 +24,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ._depth import Depth
 from ._recipe import LayerGroup
 from ._space import SearchSpace
 
 TRADE_OFF_FRACTIONS = (0.5, 1.5)  # 1.5, not 2: a network at twice the budget fine-tunes for over a minute
 
 
-def warm_start(space: SearchSpace, groups: Sequence[LayerGroup], count: int) -> list[tuple[dict, float]]:
+def warm_start(space: SearchSpace, groups: Sequence[LayerGroup], count: int, depth: Depth = Depth()) -> list[tuple[dict, float]]:
     """(params, budget fraction) pairs for ``study.enqueue_trial``.
 
     At most ``count`` shapes at the budget (fraction 1.0): uniform, then capped at 1, 2,
     4 ... times the narrowest searched group's channels (distinct points only; a
     ``uniform`` space has one shape), the last of them replaced by the first capped shape
     with the space's second method when it lists two and ``count`` is at least 3; then the
-    first capped shape (or uniform) at each of :data:`TRADE_OFF_FRACTIONS`, and at the
-    budget at each deeper drop the space lists (``depth.drop``). ``count`` 0 gives no point
-    at all. ``groups`` are the model's, as for :meth:`SearchSpace.sample`.
+    first capped shape (or uniform) at each of :data:`TRADE_OFF_FRACTIONS`, all at the
+    model's own depth. Where the space searches ``depth`` (the model's, :func:`depth_of`),
+    the first capped shape is also tried at the budget at each deeper drop, and with one
+    convolution in every stage. ``count`` 0 gives no point at all. ``groups`` are the
+    model's, as for :meth:`SearchSpace.sample`.
     """
     if count < 1:
         return []
@@ -53,7 +56,9 @@ def warm_start(space: SearchSpace, groups: Sequence[LayerGroup], count: int) -> 
     trade_off = shapes[min(1, len(shapes) - 1)]
     if len(space.methods) == 2 and count >= 3 and len(shapes) >= 2:
         shapes = shapes[: count - 1] + [{**trade_off, "method": space.methods[1]}]
-    shapes = shapes[:count]
-    shallower = [{**trade_off, "depth.drop": drop} for drop in sorted(space.depth_drop)[1:]]
-    return ([(params, 1.0) for params in shapes] + [(trade_off, fraction) for fraction in TRADE_OFF_FRACTIONS]
-            + [(params, 1.0) for params in shallower])
+    points = [(params, 1.0) for params in shapes[:count]] + [(trade_off, fraction) for fraction in TRADE_OFF_FRACTIONS]
+    points = [({**params, **space.depth_params(depth)}, fraction) for params, fraction in points]
+    shallower = [space.depth_params(depth, drop=drop) for drop in sorted(space.depth_drop) if drop > 0]
+    if len(space.depth_convs) > 1:
+        shallower.append(space.depth_params(depth, single=list(depth.convs)))
+    return points + [({**trade_off, **params}, 1.0) for params in shallower]

@@ -81,7 +81,8 @@ class UNet(nn.Module):
     """Ronneberger's U-Net: 4 max-pool downsamplings, transposed-conv upsampling, concat skips.
 
     Input ``(N, in_channels, H, W)`` with H and W divisible by 16; output logits
-    ``(N, num_classes, H, W)``. :meth:`drop_levels` makes it shallower (depth beside width).
+    ``(N, num_classes, H, W)``. :meth:`drop_levels` and :meth:`drop_convs` make it shallower
+    (depth beside width, :mod:`._depth`).
     """
 
     def __init__(self, config: UNetConfig = UNetConfig()):
@@ -136,6 +137,23 @@ class UNet(nn.Module):
                 delattr(self, name)
             self.dropped += names
         self.levels -= count
+
+    def droppable_convs(self) -> dict[str, tuple[str, ...]]:
+        """For each stage that still has two convolutions, the modules of its second one."""
+        return {name: (f"{name}.conv2", f"{name}.bn2", f"{name}.relu2")
+                for name, stage in self.named_children() if isinstance(stage, DoubleConv) and hasattr(stage, "conv2")}
+
+    def drop_convs(self, stages: list[str]) -> None:
+        """Remove the second convolution (and its norm and activation) of each of ``stages`` in
+        place: the stage's first one then feeds its consumers (a stage's two convolutions have
+        the same width before pruning). ``dropped`` names the removed modules."""
+        droppable = self.droppable_convs()
+        for stage in stages:
+            if stage not in droppable:
+                raise UserError(f"stage {stage!r} has no second convolution to drop: choose from {', '.join(droppable)}")
+            for name in droppable[stage]:
+                delattr(self.get_submodule(stage), name.split(".")[1])
+            self.dropped += droppable[stage]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -18,13 +18,14 @@ from autosculpt.space import (
     apply_recipe,
     channel_plan,
     count_parameters,
-    droppable_levels,
+    depth_of,
     figures,
     layer_groups,
     preset_config,
     rebuild,
 )
 from autosculpt.space._prune import prune_in_place
+from autosculpt.space._recipe import is_ignored
 
 CLASSES = 4
 
@@ -350,29 +351,37 @@ def test_any_model_is_prunable(model, coupled):
         assert count_parameters(pruned) < count_parameters(net)
 
 
-def test_a_unet_loses_its_deepest_levels_and_keeps_the_rest_of_its_weights(tiny, x):
+def test_a_unet_loses_levels_and_second_convolutions_and_keeps_the_rest_of_its_weights(tiny, x):
     shallow = copy.deepcopy(tiny)
-    assert [level[0] for level in droppable_levels(shallow)] == ["bottleneck", "enc4"]
+    assert [level[0] for level in depth_of(shallow).levels] == ["bottleneck", "enc4"]
     shallow.drop_levels(2)
-    assert shallow.levels == 3 and droppable_levels(shallow) == []
-    assert set(shallow.dropped) == {"bottleneck", "up4", "dec4", "enc4", "up3", "dec3"}
+    shallow.drop_convs(["enc1", "dec2"])
+    assert shallow.levels == 3 and depth_of(shallow).levels == ()
+    assert list(depth_of(shallow).convs) == ["enc2", "enc3", "dec1"]
+    assert set(shallow.dropped) == {"bottleneck", "up4", "dec4", "enc4", "up3", "dec3", "enc1.conv2", "enc1.bn2", "enc1.relu2",
+                                    "dec2.conv2", "dec2.bn2", "dec2.relu2"}
     kept = tiny.state_dict()
     assert all(torch.equal(kept[k], v) for k, v in shallow.state_dict().items())
     assert shallow(x).shape == tiny(x).shape
     with pytest.raises(UserError, match="at most 2"):
         copy.deepcopy(tiny).drop_levels(3)
+    with pytest.raises(UserError, match="no second convolution"):
+        shallow.drop_convs(["enc1"])
 
 
 def test_depth_and_width_replay_from_a_recipe(tiny, x, groups):
-    removed = tuple(name for level in droppable_levels(tiny)[:1] for name in level)
-    recipe = Recipe(keep={g.name: 0.5 for g in groups if g.stage not in removed}, removed=removed, round_to=2)
+    depth = depth_of(tiny)
+    removed = depth.removed(1, ["enc1", "dec4"])  # dec4 lies in the dropped level: nothing more to remove there
+    assert removed == (*depth.levels[0], *depth.convs["enc1"])
+    recipe = Recipe(keep={g.name: 0.5 for g in groups if not is_ignored(g.name, removed)}, removed=removed, round_to=2)
     net = apply_recipe(tiny, Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))), x)
     plan = channel_plan(groups, recipe)
     assert figures(net, x, groups).channels == plan  # removed groups report 0 channels, as planned
-    assert {name for name, n in plan.items() if n == 0} == {g.name for g in groups if g.stage in removed}
-    assert all(not hasattr(net, name) for name in removed) and net(x).shape == tiny(x).shape
+    assert {name for name, n in plan.items() if n == 0} == {g.name for g in groups if is_ignored(g.name, removed)}
+    assert not any(name in dict(net.named_modules()) for name in removed) and net(x).shape == tiny(x).shape
     assert torch.equal(rebuild(tiny, recipe, x, net.state_dict())(x), net(x))
-    with pytest.raises(UserError, match="deepest levels"):
-        apply_recipe(tiny, Recipe(removed=("enc4", "up3", "dec3")), x)  # not the bottom level first
+    for removed in [("enc4", "up3", "dec3"), ("enc1.conv2",)]:  # not the bottom level first; half of a convolution's modules
+        with pytest.raises(UserError, match="deepest levels"):
+            apply_recipe(tiny, Recipe(removed=removed), x)
     with pytest.raises(UserError, match="deepest levels"):
         apply_recipe(nn.Sequential(nn.Conv2d(1, 4, 3)), Recipe(removed=("bottleneck",)), x)

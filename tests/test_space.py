@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from autosculpt.errors import UserError
-from autosculpt.space import (LayerGroup, Recipe, SearchSpace, UNet, apply_recipe, channel_plan, layer_groups, preset_config,
-                              warm_start)
+from autosculpt.space import (Depth, LayerGroup, Recipe, SearchSpace, UNet, apply_recipe, channel_plan, depth_of, layer_groups,
+                              preset_config, warm_start)
+from autosculpt.space._recipe import is_ignored
 from autosculpt.space._space import PRESETS_DIR
 from autosculpt.space._warm import TRADE_OFF_FRACTIONS
 
@@ -242,41 +243,48 @@ def test_warm_start_tries_the_first_capped_shape_with_the_other_method_when_the_
 def test_depth_preset_is_the_per_layer_space_with_levels_to_drop():
     depth = SearchSpace.load("per-layer-depth")
     assert depth.depth_drop == (0, 1, 2)
-    assert dataclasses.replace(depth, depth_drop=(0,)) == SearchSpace.load("per-layer")
-    assert depth.within_depth(1).depth_drop == (0, 1) and depth.within_depth(0).depth_drop == (0,)
+    assert dataclasses.replace(depth, depth_drop=(0,), depth_convs=(2,)) == SearchSpace.load("per-layer")
+    assert depth.for_depth(Depth(levels=(("a",),))).depth_drop == (0, 1) and depth.for_depth(Depth()).depth_drop == (0,)
+    assert depth.for_depth(Depth()).depth_convs == (2,) and depth.depth_convs == (2, 1)
     assert SearchSpace.from_dict(json.loads(json.dumps(depth.to_dict()))) == depth
 
 
-@pytest.mark.parametrize("drop", [[-1], [0, 0], [0.5], [], "1"])
-def test_impossible_depths_are_refused(drop):
-    with pytest.raises(UserError, match="depth.drop"):
-        SearchSpace.from_dict({"depth": {"drop": drop}})
+@pytest.mark.parametrize("key, value", [("drop", [-1]), ("drop", [0, 0]), ("drop", [0.5]), ("drop", []), ("drop", "1"),
+                                        ("convs", [3]), ("convs", []), ("convs", [1, 1])])
+def test_impossible_depths_are_refused(key, value):
+    with pytest.raises(UserError, match=f"depth.{key}"):
+        SearchSpace.from_dict({"depth": {key: value}})
 
 
-def test_a_sampled_depth_removes_the_deepest_levels(tiny, x, groups):
-    space, levels = SearchSpace.load("per-layer-depth"), tiny.droppable_levels()
+def test_a_sampled_depth_removes_the_deepest_levels_and_second_convolutions(tiny, x, groups):
+    space, depth = SearchSpace.load("per-layer-depth"), depth_of(tiny)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    drops = set()
+    drops, singles = set(), set()
     for _ in range(12):
         trial = study.ask()
-        recipe = space.sample(trial, groups, levels)
+        recipe = space.sample(trial, groups, depth)
         drop = trial.params["depth.drop"]
+        levels = {name for level in depth.levels[:drop] for name in level}
+        single = {stage for stage in depth.convs if trial.params[f"convs.{stage}"] == 1 and stage not in levels}
         drops.add(drop)
-        assert set(recipe.removed) == {name for level in levels[:drop] for name in level}
-        assert set(recipe.keep) == {g.name for g in groups if g.name.split(".")[0] not in recipe.removed}
+        singles |= single
+        assert set(recipe.removed) == levels | {name for stage in single for name in depth.convs[stage]}
+        assert set(recipe.keep) == {g.name for g in groups if not is_ignored(g.name, recipe.removed)}
         assert {name for name, n in channel_plan(groups, recipe).items() if n == 0} == {g.name for g in groups} - set(recipe.keep)
         assert apply_recipe(tiny, recipe, x)(x).shape == tiny(x).shape
         study.tell(trial, 0.0)
-    assert drops == {0, 1, 2}
-    with pytest.raises(UserError, match="within_depth"):
-        space.sample(optuna.trial.FixedTrial({**space.capped_params(4, groups), "depth.drop": 2}), groups, levels[:1])
+    assert drops == {0, 1, 2} and singles == set(depth.convs)
+    with pytest.raises(UserError, match="can lose 1"):
+        space.sample(optuna.trial.FixedTrial({**space.capped_params(4, groups), **space.depth_params(depth, drop=2)}),
+                     groups, Depth(depth.levels[:1], depth.convs))
 
 
-def test_warm_start_tries_its_first_capped_shape_at_every_depth(groups):
-    space = SearchSpace.load("per-layer-depth")
-    points = warm_start(space, groups, 3)
+def test_warm_start_tries_its_first_capped_shape_at_every_depth(tiny, groups):
+    space, depth = SearchSpace.load("per-layer-depth"), depth_of(tiny)
+    points = warm_start(space, groups, 3, depth)
     at_budget = [params for params, fraction in points if fraction == 1.0]
-    assert [p["depth.drop"] for p in at_budget] == [0, 0, 0, 1, 2]
-    assert [{**p, "depth.drop": 0} for p in at_budget[3:]] == [at_budget[1]] * 2
+    assert [p["depth.drop"] for p in at_budget] == [0, 0, 0, 1, 2, 0]
+    assert [sum(p[f"convs.{stage}"] for stage in depth.convs) for p in at_budget] == [18] * 5 + [9]
+    assert [{**p, **space.depth_params(depth)} for p in at_budget[3:]] == [at_budget[1]] * 3
     assert all(p["depth.drop"] == 0 for p, fraction in points if fraction != 1.0)
-    assert "depth.drop" not in warm_start(SearchSpace.load("per-layer"), groups, 3)[0][0]
+    assert warm_start(SearchSpace.load("per-layer"), groups, 3, depth) == warm_start(SearchSpace.load("per-layer"), groups, 3)
