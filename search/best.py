@@ -3,7 +3,8 @@
 A trial is *within* a budget when it is complete, was fine-tuned, and its measured
 latency (the user attribute ``latency_ms``) is at most the budget. Of the trials within
 a budget the best has the highest Dice (the objective, validation Dice); of equal Dice
-the faster, then the earlier. The rule reads the latency against the budget it is given,
+the faster, then the earlier. The best few are the *finalists* the polish takes; the
+study's *answer* is the finalist that scored best after its polish (:func:`answer`). The rule reads the latency against the budget it is given,
 not the ``feasible`` flag or Optuna constraint a trial stored: those record the budget
 of the day the trial ran, and ``resume --force --budget-ms`` can change it since.
 """
@@ -16,9 +17,10 @@ from collections.abc import Iterable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .settings import SETTINGS_ATTR, Settings
+from .settings import POLISH_ATTR, SETTINGS_ATTR, Settings
 
-__all__ = ["best_feasible", "best_within", "meets_budget", "ranked_within", "study_budget", "within_budget"]
+__all__ = ["answer", "best_feasible", "best_within", "finalists", "meets_budget", "ranked_within", "study_budget",
+           "within_budget"]
 
 
 def meets_budget(trial: FrozenTrial, budget_ms: float) -> bool:
@@ -55,3 +57,18 @@ def best_feasible(study: optuna.Study, budget_ms: float | None = None) -> Frozen
     """The best trial of ``study`` within ``budget_ms``; None uses the study's own budget."""
     budget = study_budget(study) if budget_ms is None else budget_ms
     return best_within(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), budget)
+
+
+def finalists(study: optuna.Study, count: int, budget_ms: float | None = None) -> list[FrozenTrial]:
+    """The ``count`` best trials of ``study`` within ``budget_ms`` (None: the study's own), best first."""
+    budget = study_budget(study) if budget_ms is None else budget_ms
+    return ranked_within(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), budget)[:count]
+
+
+def answer(study: optuna.Study, budget_ms: float | None = None) -> FrozenTrial | None:
+    """The trial ``study`` answers with: the winner of its polish where that trial is within
+    ``budget_ms`` (None: the study's own), else :func:`best_feasible`."""
+    budget = study_budget(study) if budget_ms is None else budget_ms
+    winner = (study.user_attrs.get(POLISH_ATTR) or {}).get("trial")
+    polished = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number == winner), None)
+    return polished if polished is not None and within_budget(polished, budget) else best_feasible(study, budget)

@@ -11,6 +11,7 @@ from .latency import Target
 PRECISIONS = ("fp32", "int8")  # deployed precisions: fp32 ONNX, or INT8 QDQ ONNX (:mod:`.quantize`)
 
 SETTINGS_ATTR = "settings"
+POLISH_ATTR = "polish"  # the finalists' polish and its winner (:mod:`.polish`)
 KEPT_WHOLE_ATTR = "kept_whole"  # {group name: why it cannot be pruned}: the groups a study leaves whole
 
 
@@ -23,8 +24,9 @@ class Settings:
     and the worker's index so workers never repeat each other's startup trials. The
     budget is ``budget_ms`` or the baseline's latency over ``speedup``: a study stores
     both once it is created (``budget_ms`` resolved by calibration). ``epochs`` is the
-    most a trial fine-tunes (the pruner stops most earlier); the winner is polished for
-    ``polish_epochs`` (default twice ``epochs``). The verdict fails a model that
+    most a trial fine-tunes (the pruner stops most earlier); the ``finalists`` best trials
+    within budget are polished for ``polish_epochs`` (default twice ``epochs``) and the best
+    of them after its polish is the answer. The verdict fails a model that
     loses more than ``max_dice_loss`` percent of the baseline's test Dice.
     ``group_by`` is the regex that groups an images/ folder's files into patients
     (None: by subfolder, or by file name up to the first ``_``).
@@ -61,6 +63,7 @@ class Settings:
     timeout_s: float | None = None
     epochs: int = 8
     polish_epochs: int | None = None
+    finalists: int = 3
     max_dice_loss: float = 5.0
     baseline_epochs: int | None = None
     distill: float = 0.0
@@ -85,6 +88,8 @@ class Settings:
             raise UserError(f"--trials {self.trials} must be at least 1")
         if self.epochs < 1 or (self.polish_epochs is not None and self.polish_epochs < 0):
             raise UserError("--epochs must be at least 1 and --polish-epochs at least 0")
+        if self.finalists < 1:
+            raise UserError(f"--finalists {self.finalists} must be at least 1 (the best trial)")
         if self.crop is not None and (self.crop < 0 or self.crop % 16):
             raise UserError(f"--crop {self.crop}: give a multiple of 16 (e.g. 128), or 0 to train on whole slices")
         if self.epoch_slices is not None and self.epoch_slices < 0:
@@ -111,7 +116,7 @@ class Settings:
 
     @property
     def polish(self) -> int:
-        """Epochs of the winner's polish."""
+        """Epochs of each finalist's polish."""
         return 2 * self.epochs if self.polish_epochs is None else self.polish_epochs
 
     def conflicts(self, other: "Settings", names: set[str]) -> list[str]:
@@ -130,6 +135,7 @@ PRESETS: dict[str, dict] = {
         "trials": 3,
         "epochs": 3,
         "polish_epochs": 3,
+        "finalists": 1,
         "baseline_epochs": 40,
         "warm_start": 1,
     },

@@ -71,6 +71,15 @@ def test_scale_quick_searches_an_acdc_folder_on_patches(tmp_path):
     assert patients == ["patient001", "patient002", "patient003"]
 
 
+def test_depth_quick_measures_the_narrowest_network_of_every_depth(tmp_path):
+    done = run_bench("depth.py", "--quick", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") > 5}
+    assert {"dense", "width floor (5 levels, 2 convolutions per stage)", "3 levels, one convolution per stage"} <= set(rows)
+    params = {name: int(line.split("│")[5].strip().replace(",", "")) for name, line in rows.items()}
+    assert params["3 levels, one convolution per stage"] < params["3 levels"] < params["width floor (5 levels, 2 convolutions per stage)"]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # the quick runs take ~1-2 min on a quiet machine; much longer on a shared one
 def test_peers_quick_prints_every_arm(tmp_path):

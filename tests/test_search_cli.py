@@ -17,6 +17,7 @@ import pytest
 from conftest import FLOW, run_cli
 from PIL import Image
 
+from autosculpt.search.best import finalists
 from autosculpt.search.data import load_data
 from autosculpt.search.quota import COUNTED, is_repeat
 from autosculpt.search.train import finetune_lr
@@ -53,16 +54,23 @@ def test_search_resume_export_predict(tmp_path):
     assert weights in (out / "report.html").read_text()  # the report says how the winner got its weights
     assert settings["balance_classes"] and "weighed the cross-entropy against class imbalance" in (out / "report.html").read_text()
 
-    done = run_cli("resume", "flow", "--storage", url, "--trials", "2", "--out", str(out))
+    done = run_cli("resume", "flow", "--storage", url, "--trials", "2", "--finalists", "2", "--out", str(out))
     assert done.returncode in FLOW, done.stderr
     after = {t.number: t.values for t in counted(url, "flow")}
     assert len(after) == 5
     assert all(after[number] == values for number, values in first.items())  # nothing lost or changed
+    study = optuna.load_study(study_name="flow", storage=url)
+    polished = study.user_attrs["polish"]  # the two best trials within budget polished, the best after it wins
+    assert [c["trial"] for c in polished["candidates"]] == [t.number for t in finalists(study, 2)]
+    assert polished["dice_after"] == max(c["dice_after"] for c in polished["candidates"])
+    assert polish["candidates"][0] in polished["candidates"] or polish["trial"] not in after  # a finalist is polished once
+    assert f"winner: trial {polished['trial']}" in done.stderr
 
     export = tmp_path / "export"
     done = run_cli("export", "flow", "--storage", url, "--out", str(export))
     assert done.returncode in FLOW, done.stderr
     card = json.loads((export / "model.json").read_text())
+    assert card["trial"] == polished["trial"] and card["polish"] == polished  # export takes the polish's winner
     assert card["onnx_max_abs_diff"] < 1e-3
     assert (export / "model.pt2").exists()
     assert _onnx_test_dice(export / "model.onnx", card) == pytest.approx(card["dice"], abs=1e-6)

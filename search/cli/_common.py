@@ -66,7 +66,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         "score on whole slices; 0: whole slices (default: 128 px patches for slices over 160 px, whole below)")
     parser.add_argument("--epoch-slices", type=int, metavar="N", help="a trial's fine-tune epoch draws N of the training "
                         "slices at random (default: all; the polish takes all)")
-    parser.add_argument("--polish-epochs", type=int, metavar="N", help="epochs of the winner's polish (default 2 x --epochs; 0: none)")
+    parser.add_argument("--polish-epochs", type=int, metavar="N", help="epochs of each finalist's polish (default 2 x --epochs; 0: none)")
+    parser.add_argument("--finalists", type=int, metavar="K", help="polish the K best trials within budget and keep the best "
+                        "after its polish (default 3)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the data, baseline and samplers (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
                         help="where to train the baseline, fine-tunes and polish (default auto: a CUDA GPU if there is "

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..runner import run_worker
 from ..storage import masked
-from ..best import best_feasible
+from ..best import finalists
 from ..study import Context, open_existing, prepare, study_baseline
 
 console = Console(stderr=True, highlight=False)
@@ -67,52 +67,60 @@ def _spawn_worker(name: str, url: str, index: int, threads: int | None) -> subpr
 
 
 def finish_study(name: str, url: str, out: str | None) -> int:
-    """Polish the best feasible trial, export it with its verdict and write the report into
-    ``out`` (default exports/NAME).
+    """Polish the finalists (the best few trials within budget), export the winner with its
+    verdict and write the report into ``out`` (default exports/NAME).
 
     Returns the exit status: 0 when the model meets the budget and the allowed Dice loss,
     EXIT_VERDICT_FAILED when it was written but misses either, 1 when nothing was within
-    budget. A study whose winner was polished already is not polished again.
+    budget. Finalists this study polished already are not polished again.
     """
     from ..export import export_trial, no_feasible_message, trial_network
-    from ..polish import polish_record
     from ..verdict import EXIT_VERDICT_FAILED
     from ...reports import write_report
 
     study, settings = open_existing(name, url)
     folder = Path(out or Path("exports") / name)
-    best = best_feasible(study)
-    if best is None:
+    best = finalists(study, settings.finalists)
+    if not best:
         console.print(no_feasible_message(study, settings.budget_ms))
         report = write_report(study, folder / "report.html")
         console.print(f"report: {report}")
         return 1
     context = prepare(replace(settings, distill=0.0), study_baseline(study, url))
-    if settings.polish and polish_record(study, best) is None:
-        _polish(study, best, trial_network(best, context, url), replace(context, settings=settings), url)
-    exported = export_trial(study, best, folder, url, context=context)
+    winner = best[0]
+    if settings.polish:
+        record = _polish(study, best, lambda trial: trial_network(trial, context, url), replace(context, settings=settings), url)
+        winner = next(trial for trial in best if trial.number == record["trial"])
+    exported = export_trial(study, winner, folder, url, context=context)
     report = write_report(study, folder / "report.html", samples=exported.samples)
-    console.print(f"exported trial {best.number} to {folder} (deploy {exported.card['deploy']}; storage {masked(url)}); "
+    console.print(f"exported trial {winner.number} to {folder} (deploy {exported.card['deploy']}; storage {masked(url)}); "
                   f"report: {report}")
     verdict = exported.verdict
     console.print(verdict.line(), style=None if verdict.ok else "bold red", soft_wrap=True)
     return 0 if verdict.ok else EXIT_VERDICT_FAILED
 
 
-def _polish(study, trial, net, context: Context, url: str) -> None:
-    """The winner's polish with a progress bar per variant."""
-    from ..polish import polish
+def _polish(study, trials, network, context: Context, url: str) -> dict:
+    """The finalists' polish with a progress bar per finalist and variant; one line per finalist and the winner."""
+    from ..polish import polish_finalists
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
                TextColumn("val Dice {task.fields[dice]:.3f}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         tasks = {}
 
-        def on_epoch(variant: str, epoch: int, epochs: int, dice: float) -> None:
-            if variant not in tasks:
-                tasks[variant] = progress.add_task(f"polishing trial {trial.number} ({variant})", total=epochs, dice=0.0)
-            progress.update(tasks[variant], completed=epoch, dice=dice)
+        def on_epoch(number: int, variant: str, epoch: int, epochs: int, dice: float) -> None:
+            if (number, variant) not in tasks:
+                tasks[number, variant] = progress.add_task(f"polishing trial {number} ({variant})", total=epochs, dice=0.0)
+            progress.update(tasks[number, variant], completed=epoch, dice=dice)
 
-        record = polish(study, trial, net, context, url, on_epoch=on_epoch)
-    console.print(f"polish: val Dice {record['dice_before']:.3f} -> {record['dice_after']:.3f} "
-                  f"(kept: {record['kept']}, {record['epochs']} epochs, {record['time_s']:.0f} s)")
+        record = polish_finalists(study, trials, network, context, url, on_epoch=on_epoch)
+    for candidate in record["candidates"]:
+        console.print(f"polish of trial {candidate['trial']}: val Dice {candidate['dice_before']:.3f} -> "
+                      f"{candidate['dice_after']:.3f} (kept: {candidate['kept']}, {candidate['epochs']} epochs, "
+                      f"{candidate['time_s']:.0f} s)")
+    rho = record["rank_correlation"]
+    ranking = "" if rho is None else f"; trial scores against polished Dice: Spearman {rho:+.2f}"
+    console.print(f"winner: trial {record['trial']}, val Dice {record['dice_after']:.3f} after its polish "
+                  f"({len(record['candidates'])} finalists{ranking})")
+    return record

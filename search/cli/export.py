@@ -9,7 +9,7 @@ from ..export import export_trial, no_feasible_message
 from ..quantize import INT8_FILE
 from ..settings import PRECISIONS
 from ..storage import storage_url
-from ..best import best_feasible
+from ..best import answer
 from ..study import open_existing
 from ..verdict import EXIT_VERDICT_FAILED
 from ._common import add_command, add_storage_option
@@ -50,7 +50,7 @@ def run(args) -> int:
             raise UserError(f"study {args.name!r} has no trial {args.trial} (trials 0-{len(numbers) - 1}): see autosculpt trials {args.name}")
         trial = numbers[args.trial]
     else:
-        trial = best_feasible(study, args.budget_ms)
+        trial = answer(study, args.budget_ms)
         if trial is None:
             raise UserError(no_feasible_message(study, args.budget_ms or settings.budget_ms))
     exported = export_trial(study, trial, Path(args.out), url, budget_ms=args.budget_ms, precision=args.precision,

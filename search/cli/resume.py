@@ -23,7 +23,7 @@ EXAMPLES = [
 ]
 
 # Settings a resumed study may change without --force: how long it runs, where it trains.
-FREE_TO_CHANGE = {"trials", "timeout_s", "max_dice_loss", "polish_epochs", "device"}
+FREE_TO_CHANGE = {"trials", "timeout_s", "max_dice_loss", "polish_epochs", "finalists", "device"}
 
 
 def register(subparsers) -> None:

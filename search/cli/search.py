@@ -119,7 +119,7 @@ def settings_given(args) -> dict:
         "weights": args.weights, "data": args.data, "image_size": args.image_size, "space": args.space,
         "space_spec": space_spec, "target": target.to_dict() if target else None, "epochs": args.epochs,
         "seed": args.seed, "distill": args.distill, "speedup": args.speedup, "max_dice_loss": args.max_dice_loss,
-        "polish_epochs": args.polish_epochs, "group_by": args.group_by, "device": args.device,
+        "polish_epochs": args.polish_epochs, "finalists": args.finalists, "group_by": args.group_by, "device": args.device,
         "crop": args.crop, "epoch_slices": args.epoch_slices, "precisions": [p.strip() for p in args.precision.split(",")] if args.precision else None,
     }
 

@@ -1,0 +1,38 @@
+"""The finalists' polish: which trial is the answer, and how well the trials ranked the polished networks."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+
+from autosculpt.search.best import answer, finalists
+from autosculpt.search.polish import rank_correlation
+from autosculpt.search.settings import POLISH_ATTR, SETTINGS_ATTR, Settings
+
+
+def test_rank_correlation_is_spearman_or_none_where_it_means_nothing():
+    assert rank_correlation([0.5, 0.6, 0.7], [0.1, 0.9, 0.95]) == pytest.approx(1.0)
+    assert rank_correlation([0.5, 0.6, 0.7, 0.8], [0.9, 0.8, 0.95, 0.7]) == pytest.approx(-0.4)
+    assert rank_correlation([0.5, 0.6], [0.6, 0.5]) is None  # two finalists: no ranking to judge
+    assert rank_correlation([0.5, 0.5, 0.5], [0.1, 0.2, 0.3]) is None
+
+
+def study_of(scores: dict[int, tuple[float, float]], budget_ms: float = 2.0) -> optuna.Study:
+    """A study of complete fine-tuned trials: number -> (val Dice, latency ms)."""
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(SETTINGS_ATTR, Settings(budget_ms=budget_ms).to_dict())
+    for number in sorted(scores):
+        dice, latency = scores[number]
+        study.add_trial(optuna.trial.create_trial(value=dice, params={"keep": 0.5}, distributions={"keep": FloatDistribution(0, 1)},
+                                                  user_attrs={"latency_ms": latency, "finetuned": True}))
+    return study
+
+
+def test_the_answer_is_the_polish_winner_while_it_is_within_the_budget():
+    study = study_of({0: (0.90, 1.9), 1: (0.95, 1.5), 2: (0.80, 1.0), 3: (0.99, 3.0)})
+    assert [t.number for t in finalists(study, 2)] == [1, 0]  # best first, trial 3 is over the budget
+    assert answer(study).number == 1  # no polish yet: the best trial
+    study.set_user_attr(POLISH_ATTR, {"trial": 0, "dice_after": 0.97})
+    assert answer(study).number == 0
+    assert answer(study, budget_ms=1.6).number == 1  # the winner is over a tighter budget: the best within it
