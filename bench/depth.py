@@ -9,7 +9,7 @@ dense model measured in the same run, parameters and MACs: how far past the widt
 depth can take a budget. It trains nothing (latency does not depend on the weights).
 
     python bench/depth.py              # unet at 96 px, 5 rounds (about a minute)
-    python bench/depth.py --quick      # unet-tiny at 32 px, 2 rounds (CI)
+    python bench/depth.py --quick      # unet-tiny at 32 px, 1 short round (CI)
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="measurements of each network, interleaved (default 5)")
-    parser.add_argument("--quick", action="store_true", help="unet-tiny at 32 px, 2 rounds, short measurements (CI)")
+    parser.add_argument("--quick", action="store_true", help="unet-tiny at 32 px, 1 round of short measurements (CI)")
     args = parser.parse_args(argv)
-    model, size, rounds = ("unet-tiny", 32, 2) if args.quick else ("unet", 96, args.rounds)
-    target = Target(min_runs=10, max_seconds=0.2, warmup=2) if args.quick else Target()
+    model, size, rounds = ("unet-tiny", 32, 1) if args.quick else ("unet", 96, args.rounds)
+    target = Target(min_runs=5, max_seconds=0.1, warmup=1, rounds=3) if args.quick else Target()
     torch.manual_seed(0)
     example = torch.randn(1, 1, size, size)
     dense = UNet(preset_config(model, 1, 4)).eval()
