@@ -67,8 +67,7 @@ def drop_depth(model: nn.Module, recipe: Recipe) -> Recipe:
                         "and second convolutions: rebuild with the model the recipe was made for")
     if count:
         model.drop_levels(count)
-    kept_stages = [stage for stage in single if not is_ignored(stage, depth.removed(count))]
-    if kept_stages:
-        model.drop_convs(kept_stages)
+    if single:
+        model.drop_convs(single)
     return dataclasses.replace(recipe, keep={k: v for k, v in recipe.keep.items() if not is_ignored(k, recipe.removed)},
                                ignore=tuple(e for e in recipe.ignore if not is_ignored(e, recipe.removed)))

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..runner import run_worker
 from ..storage import masked
-from ..best import finalists
+from ..best import answer, finalists
 from ..study import Context, open_existing, prepare, study_baseline
 
 console = Console(stderr=True, highlight=False)
@@ -87,10 +87,9 @@ def finish_study(name: str, url: str, out: str | None) -> int:
         console.print(f"report: {report}")
         return 1
     context = prepare(replace(settings, distill=0.0), study_baseline(study, url))
-    winner = best[0]
     if settings.polish:
-        record = _polish(study, best, lambda trial: trial_network(trial, context, url), replace(context, settings=settings), url)
-        winner = next(trial for trial in best if trial.number == record["trial"])
+        _polish(study, best, lambda trial: trial_network(trial, context, url), replace(context, settings=settings), url)
+    winner = answer(study)
     exported = export_trial(study, winner, folder, url, context=context)
     report = write_report(study, folder / "report.html", samples=exported.samples)
     console.print(f"exported trial {winner.number} to {folder} (deploy {exported.card['deploy']}; storage {masked(url)}); "
@@ -100,7 +99,7 @@ def finish_study(name: str, url: str, out: str | None) -> int:
     return 0 if verdict.ok else EXIT_VERDICT_FAILED
 
 
-def _polish(study, trials, network, context: Context, url: str) -> dict:
+def _polish(study, trials, network, context: Context, url: str) -> None:
     """The finalists' polish with a progress bar per finalist and variant; one line per finalist and the winner."""
     from ..polish import polish_finalists
 
@@ -123,4 +122,3 @@ def _polish(study, trials, network, context: Context, url: str) -> dict:
     ranking = "" if rho is None else f"; trial scores against polished Dice: Spearman {rho:+.2f}"
     console.print(f"winner: trial {record['trial']}, val Dice {record['dice_after']:.3f} after its polish "
                   f"({len(record['candidates'])} finalists{ranking})")
-    return record
