@@ -21,6 +21,8 @@ draws 1,000 training slices per trial epoch, a data fidelity for sets larger tha
     python bench/scale.py --patients 10 --trials 4             # a small run of the same path
     python bench/scale.py --patients 20 --arms auto,whole      # patches against whole slices
     python bench/scale.py --quick                              # unet-tiny, 3 patients at 192 px, 2 trials (CI)
+    python bench/scale.py --trials 2 --baseline-epochs 1 -- --epochs 1 --polish-epochs 1
+                                                               # every phase once at full size: peak memory in minutes
 """
 
 from __future__ import annotations
@@ -66,13 +68,16 @@ def parse(argv=None) -> argparse.Namespace:
                         "(auto: the search's defaults; whole: --crop 0; sampled: --epoch-slices 1000) (default auto)")
     parser.add_argument("--out", type=Path, default=Path("scale-runs"), help="where studies, exports and logs go")
     parser.add_argument("--json", type=Path, help="write every arm's figures to this file")
+    parser.add_argument("--baseline-epochs", type=int, help="the dense baseline's epochs (default: the library's own; "
+                        "fewer for a memory or timing run that does not report Dice)")
+    parser.add_argument("search_extra", nargs="*", metavar="-- SEARCH OPTION", help="more options for every search, after --")
     parser.add_argument("--quick", action="store_true", help="tiny CI run: unet-tiny, 3 patients at 192 px, "
                         "--speedup 1.2, 2 trials of 2 epochs")
     args = parser.parse_args(argv)
-    args.model, args.search_options = "unet", []
+    args.model, args.search_options = "unet", list(args.search_extra)
     if args.quick:
         args.model, args.patients, args.image_size, args.trials, args.speedup = "unet-tiny", 3, 192, 2, 1.2
-        args.search_options = ["--model", "unet-tiny", "--epochs", "2", "--polish-epochs", "2"]
+        args.search_options += ["--model", "unet-tiny", "--epochs", "2", "--polish-epochs", "2"]
     return args
 
 
@@ -89,7 +94,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     data = load_data(folder, image_size=args.image_size, seed=args.seed)
     read_s = time.perf_counter() - start
-    weights, baseline_s, device = dense_weights(folder, data, args.model, args.seed)
+    weights, baseline_s, device = dense_weights(folder, data, args.model, args.seed, args.baseline_epochs)
     console.print(f"data: {folder} ({data_s:.0f} s to write, {read_s:.0f} s to read: {len(data.train)} train slices); "
                   f"dense {args.model}: {weights} ({baseline_s:.0f} s, trained on {device})")
     results = [run_arm(arm, args, folder, weights, len(data.train), console) for arm in arms]
@@ -126,15 +131,15 @@ def acdc_folder(patients: int, size: int, seed: int) -> tuple[Path, float]:
     return folder, time.perf_counter() - start
 
 
-def dense_weights(folder: Path, data: SegmentationData, model: str, seed: int) -> tuple[Path, float, str]:
-    """The dense ``model`` (a preset) trained on ``data`` (the library's baseline, on the GPU where there is
-    one, on patches as the search trains), saved beside ``folder``; (file, seconds now, device)."""
+def dense_weights(folder: Path, data: SegmentationData, model: str, seed: int, epochs: int | None) -> tuple[Path, float, str]:
+    """The dense ``model`` (a preset) trained on ``data`` for ``epochs`` (None: the library's baseline), on the
+    GPU where there is one, on patches as the search trains, saved beside ``folder``; (file, seconds now, device)."""
     device = resolve_device("auto")
-    weights = folder.parent / f"{folder.name}-{model}-{device}.pt"
+    weights = folder.parent / f"{folder.name}-{model}-{device}{'' if epochs is None else f'-{epochs}ep'}.pt"
     if weights.exists():
         return weights, 0.0, device
     start = time.perf_counter()
-    baseline = get_baseline(model, data, seed=seed, device=device, crop=resolve_crop(None, data.image_size))
+    baseline = get_baseline(model, data, seed=seed, epochs=epochs, device=device, crop=resolve_crop(None, data.image_size))
     torch.save(baseline.model.state_dict(), weights)
     return weights, time.perf_counter() - start, device
 

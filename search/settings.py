@@ -63,7 +63,7 @@ class Settings:
     timeout_s: float | None = None
     epochs: int = 8
     polish_epochs: int | None = None
-    finalists: int = 3
+    finalists: int = 1
     max_dice_loss: float = 5.0
     baseline_epochs: int | None = None
     distill: float = 0.0
@@ -135,7 +135,6 @@ PRESETS: dict[str, dict] = {
         "trials": 3,
         "epochs": 3,
         "polish_epochs": 3,
-        "finalists": 1,
         "baseline_epochs": 40,
         "warm_start": 1,
     },

@@ -193,13 +193,25 @@ def resolve_device(name: str) -> str:
     return "cuda" if name == "cuda" or (name == "auto" and available) else "cpu"
 
 
+# Pixels per inference batch: 32 slices at 96 px. Batching by pixels, not slices, keeps the
+# dense model's activations at 224 px near 0.4 GB instead of 1.5 GB (5 slices, not 32).
+INFERENCE_PIXELS = 32 * 96 * 96
+
+
+def _inference_batches(images: torch.Tensor) -> tuple[range, int]:
+    """Start indices and size of batches of ``images`` (N, C, H, W) of about INFERENCE_PIXELS pixels each."""
+    step = max(1, INFERENCE_PIXELS // (images.shape[-2] * images.shape[-1]))
+    return range(0, len(images), step), step
+
+
 @torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Label maps (N, H, W), on the CPU, predicted by ``model`` in eval mode on the model's device."""
     model.eval()
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
-    return torch.cat([model(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)])
+    starts, step = _inference_batches(images)
+    return torch.cat([model(images[i : i + step].to(device)).argmax(1).cpu() for i in starts])
 
 
 def split_scores(pred: torch.Tensor, split: Split, class_names: tuple[str, ...]) -> Scores:
@@ -213,10 +225,11 @@ def evaluate(model: nn.Module, split: Split, class_names: tuple[str, ...]) -> Sc
 
 
 @torch.inference_mode()
-def teacher_logits(teacher: nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+def teacher_logits(teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The teacher's logits for every image, computed once so distillation costs no teacher passes."""
     teacher.eval()
-    return torch.cat([teacher(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    starts, step = _inference_batches(images)
+    return torch.cat([teacher(images[i : i + step]) for i in starts])
 
 
 def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

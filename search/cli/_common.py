@@ -68,7 +68,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         "slices at random (default: all; the polish takes all)")
     parser.add_argument("--polish-epochs", type=int, metavar="N", help="epochs of each finalist's polish (default 2 x --epochs; 0: none)")
     parser.add_argument("--finalists", type=int, metavar="K", help="polish the K best trials within budget and keep the best "
-                        "after its polish (default 3)")
+                        "after its polish (default 1: each costs one polish; 3 or more also measure how well trial scores rank them)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the data, baseline and samplers (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
                         help="where to train the baseline, fine-tunes and polish (default auto: a CUDA GPU if there is "
