@@ -82,8 +82,7 @@ def run_study(name: str, url: str, settings: Settings, *, sampler: Callable[[int
         context = _reuse(context, settings)
     else:
         context = _reuse(context, settings)
-        study, settings = create_study(name, url, settings, context)
-        context = replace(context, settings=settings)
+        study, context = create_study(name, url, settings, context)
     start = time.perf_counter()
     if run:
         run_worker(study, context, url, quiet=True, sampler=sampler)

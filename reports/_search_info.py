@@ -14,7 +14,7 @@ from statistics import median
 import optuna
 from optuna.trial import TrialState
 
-from ..search.settings import KEPT_WHOLE_ATTR, SETTINGS_ATTR, Settings
+from ..search.settings import KEPT_WHOLE_ATTR, SETTINGS_ATTR, WIDTH_FLOOR_ATTR, Settings
 
 BAND = (0.8, 1.0)  # the fractions of the budget the projection aims between
 
@@ -30,7 +30,9 @@ class SearchInfo:
     absolute error of the latency model's predictions over ``predictions`` measured widths;
     ``balanced`` whether fine-tunes weighed the classes (studies stored before that did not);
     ``kept_whole`` the layer groups the search could not prune safely and left whole, each
-    with why (empty for studies stored before groups were kept whole automatically)."""
+    with why (empty for studies stored before groups were kept whole automatically);
+    ``width_floor_ms`` the narrowest width-only network's latency where the study measured
+    it, ``depth_added`` whether the study searched depth because that was over the budget."""
 
     verdict: str | None
     verdict_ok: bool | None
@@ -44,6 +46,8 @@ class SearchInfo:
     predictions: int
     balanced: bool
     kept_whole: dict[str, str]
+    width_floor_ms: float | None
+    depth_added: bool
 
 
 def get_search_info(study: optuna.Study) -> SearchInfo:
@@ -66,4 +70,6 @@ def get_search_info(study: optuna.Study) -> SearchInfo:
         model_error_pct=median(errors) if errors else None, predictions=len(errors),
         balanced=SETTINGS_ATTR in attrs and Settings.from_dict(attrs[SETTINGS_ATTR]).balance_classes,
         kept_whole=attrs.get(KEPT_WHOLE_ATTR) or {},
+        width_floor_ms=attrs.get(WIDTH_FLOOR_ATTR),
+        depth_added=bool(budget and attrs.get(WIDTH_FLOOR_ATTR, 0) > budget),
     )

@@ -30,7 +30,7 @@ from .anchors import can_anchor, nearest_anchor
 from .latency import LatencyStats, Reference, Target, cpu_model, measure, measure_onnx, pooled
 from .onnx_io import to_onnx
 from .projection import CostModel, LatencyCache
-from .settings import KEPT_WHOLE_ATTR, SETTINGS_ATTR, Settings
+from .settings import KEPT_WHOLE_ATTR, SETTINGS_ATTR, WIDTH_FLOOR_ATTR, Settings
 from .storage import artifact_store, load_study, open_storage
 from .train import Schedule, finetune_schedule, resolve_crop, resolve_device, teacher_logits, trial_epoch_slices
 from .weights import download_state_dict, upload_state_dict
@@ -38,6 +38,7 @@ from .weights import download_state_dict, upload_state_dict
 REFERENCE_ATTR = "latency_reference"
 BASELINE_ATTR = "baseline_artifact"  # the study's baseline state dict, an Optuna artifact
 CALIBRATION_MEASUREMENTS = 3  # pooled measurements of the reference's own latency
+DEPTH_SPACE = "per-layer-depth"  # the default space's own, with depth: for budgets past the width floor
 
 
 @dataclass
@@ -145,32 +146,57 @@ def calibration_batch(data: SegmentationData, size: int = 16) -> tuple[torch.Ten
     return data.train.images[:size], data.train.masks[:size].long()
 
 
-def create_study(name: str, url: str, settings: Settings, context: Context) -> tuple[optuna.Study, Settings]:
+def create_study(name: str, url: str, settings: Settings, context: Context) -> tuple[optuna.Study, Context]:
     """Create study ``name`` with its settings, baseline figures, latency reference and warm start.
 
     The latency reference and the budget come from :func:`calibrate` (a ``speedup``
-    becomes a budget there). The warm start (:func:`~autosculpt.space.warm_start`)
-    enqueues a few shapes (uniform, capped) that every study should try, and two at other
-    fractions of the budget for the trade-off the verdict reports. Returns the study and
-    the settings with the budget resolved.
+    becomes a budget there); :func:`past_the_width_floor` may then add depth to the default
+    space. The warm start (:func:`~autosculpt.space.warm_start`) enqueues a few shapes
+    (uniform, capped) that every study should try, and two at other fractions of the
+    budget for the trade-off the verdict reports. Returns the study and the context with
+    the settings as stored (budget resolved, space as searched).
     """
     storage = open_storage(url)
     if name in {s.study_name for s in storage.get_all_studies()}:
         raise UserError(f"a study named {name!r} already exists: continue it with autosculpt resume {name}")
     settings, reference, baseline_stats = calibrate(context, settings)
+    context, floor_ms = past_the_width_floor(replace(context, settings=settings))
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
+    study.set_user_attr(SETTINGS_ATTR, context.settings.to_dict())
     study.set_user_attr("environment", environment())
     study.set_user_attr("started_at", time.time())
     study.set_user_attr("baseline", baseline_record(context, baseline_stats))
     study.set_user_attr(KEPT_WHOLE_ATTR, context.survey.kept_whole)
     study.set_user_attr(BASELINE_ATTR, upload_state_dict(artifact_store(url), study, context.baseline.model, "baseline.pt"))
+    if floor_ms is not None:
+        study.set_user_attr(WIDTH_FLOOR_ATTR, floor_ms)
     if reference is not None:
         study.set_user_attr(REFERENCE_ATTR, reference)
     _seed_cache(study, context, reference, baseline_stats)
     for params, fraction in warm_start(context.space, context.groups, settings.warm_start, context.depth):
         study.enqueue_trial(params, user_attrs={"budget_fraction": fraction})
-    return study, settings
+    return study, context
+
+
+def past_the_width_floor(context: Context) -> tuple[Context, float | None]:
+    """``context`` searching depth beside width when width alone cannot meet the budget.
+
+    Only for space ``auto`` (the default: no ``--space`` given) and a model that offers depth: the
+    narrowest network width pruning builds (every searched group at the space's smallest
+    channel step) is measured as the budget was; when it is over the budget, the study
+    searches :data:`DEPTH_SPACE` instead (stored in its settings, so every worker and resume
+    does). Returns the context and that network's median (ms), or None when not measured.
+    """
+    settings = context.settings
+    if settings.space != "auto" or not context.depth.levels:
+        return context, None
+    narrowest = apply_recipe(context.baseline.model, uniform_recipe(context.space, 1e-6), context.example)
+    floor_ms = _calibrated(narrowest, context).median_ms
+    if floor_ms <= settings.budget_ms:
+        return context, floor_ms
+    spec = SearchSpace.load(DEPTH_SPACE).to_dict()
+    space = replace(SearchSpace.from_dict(spec), ignore=context.space.ignore).for_depth(context.depth)
+    return replace(context, settings=replace(settings, space=DEPTH_SPACE, space_spec=spec), space=space), floor_ms
 
 
 def _seed_cache(study: optuna.Study, context: Context, reference: dict | None, baseline_stats: LatencyStats) -> None:

@@ -82,7 +82,7 @@ def test_search_export_and_predict(tmp_path, cls, speedup, kept_whole, size):
     torch.save(load_user_model(spec).state_dict(), tmp_path / "w.pt")
     url, out = f"sqlite:///{tmp_path / 'studies.db'}", tmp_path / "best"
     done = run_cli("search", "--preset", "smoke", "--model", spec, "--weights", str(tmp_path / "w.pt"),
-                   "--speedup", str(speedup), "--size", str(size), "--trials", "1", "--study", cls, "--storage", url, "--out", str(out))
+                   "--speedup", str(speedup), "--size", str(size), "--trials", "1", "--epochs", "1", "--polish-epochs", "1", "--study", cls, "--storage", url, "--out", str(out))
     assert done.returncode in FLOW, done.stderr
     card = json.loads((out / "model.json").read_text())
     assert card["param_ratio"] > 1 and card["onnx_max_abs_diff"] < 1e-3

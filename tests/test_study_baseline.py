@@ -1,6 +1,9 @@
-"""A study's baseline belongs to the study: workers and export use its stored state dict, bit for bit."""
+"""A study's baseline belongs to the study: workers and export use its stored state dict, bit for bit.
+So does its space, where the study chose it (depth past the width floor)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,13 +16,15 @@ from autosculpt.search.data import load_data
 from autosculpt.search.latency import machine_reference
 from autosculpt.search.settings import with_preset
 from autosculpt.search.study import create_study, prepare, study_baseline
+from autosculpt.reports import get_report_data, render_report
 
 
 def test_workers_use_the_study_baseline_not_their_own_cache(tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     settings, _ = with_preset("smoke", {"budget_ms": 50.0, "trials": 1})
     creator = prepare(settings)
-    study, settings = create_study("own-baseline", url, settings, creator)
+    study, creator = create_study("own-baseline", url, settings, creator)
+    settings = creator.settings
     stored = {k: v.clone() for k, v in creator.baseline.model.state_dict().items()}
     # Another worker's cache holds other weights (another torch, a torn write, another run).
     state_path = creator.baseline.state_path
@@ -40,7 +45,8 @@ def test_a_study_calibrates_against_this_machines_anchors(tmp_path):
     one scale instead of the state the machine was in while each was created."""
     settings, _ = with_preset("smoke", {"speedup": 1.5, "trials": 1})
     context = prepare(settings)
-    study, settings = create_study("anchored", f"sqlite:///{tmp_path / 'studies.db'}", settings, context)
+    study, context = create_study("anchored", f"sqlite:///{tmp_path / 'studies.db'}", settings, context)
+    settings = context.settings
     shape = tuple(context.example.shape)
     anchors = {machine_reference(anchor_onnx(keep, shape), shape, context.target)[0].median_ms for keep in ANCHOR_KEEPS}
     baseline, reference = study.user_attrs["baseline"]["latency"], study.user_attrs["latency_reference"]["stats"]
@@ -83,3 +89,25 @@ def test_a_preset_given_weights_starts_from_them(tmp_path):
     torch.save(build_model("unet-small", data).state_dict(), tmp_path / "small.pt")
     with pytest.raises(UserError, match="does not fit the unet-tiny preset"):
         build_model("unet-tiny", data, str(tmp_path / "small.pt"))
+
+
+def test_the_default_space_adds_depth_only_past_the_width_floor(tmp_path):
+    """Width alone cannot reach a budget below its narrowest network: the default space then
+    searches depth too (stored, so workers and resume do); within it, or with a space the
+    user chose, the space stays as given."""
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    settings, _ = with_preset("smoke", {"budget_ms": 50.0, "trials": 1})
+    context = prepare(settings)
+    study, roomy = create_study("roomy", url, settings, context)
+    assert roomy.space == context.space and roomy.settings.space == "auto"
+    assert 0 < study.user_attrs["width_floor_ms"] < 50.0
+
+    study, tight = create_study("tight", url, replace(settings, budget_ms=study.user_attrs["width_floor_ms"] / 4), context)
+    assert tight.settings.space == "per-layer-depth" and tight.space.depth_drop == (0, 1, 2)
+    assert study.user_attrs["settings"]["space_spec"]["depth"] == {"drop": [0, 1, 2], "convs": [2, 1]}
+    assert any("depth.drop" in t.system_attrs.get("fixed_params", {}) for t in study.trials)  # the warm start's
+    assert "the search also dropped levels" in render_report(get_report_data(study))
+
+    chosen = replace(settings, budget_ms=0.001, space="per-layer")
+    study, kept = create_study("chosen", url, chosen, replace(context, settings=chosen))
+    assert kept.space == context.space and "width_floor_ms" not in study.user_attrs

@@ -17,9 +17,9 @@ def test_a_diverging_fine_tune_fails_its_trial_and_the_worker_goes_on(tmp_path, 
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     settings, _ = with_preset("smoke", {"budget_ms": 50.0, "trials": 5, "epochs": 1})
     context = prepare(settings)
-    study, settings = create_study("nan", url, settings, context)
+    study, context = create_study("nan", url, settings, context)
     poisoned = dataclasses.replace(context.data.train, images=torch.full_like(context.data.train.images, float("nan")))
-    context = dataclasses.replace(context, settings=settings, data=dataclasses.replace(context.data, train=poisoned))
+    context = dataclasses.replace(context, data=dataclasses.replace(context.data, train=poisoned))
     run_worker(study, context, url, quiet=True)
     trials = optuna.load_study(study_name="nan", storage=url).trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * MAX_FAILURES_IN_A_ROW

@@ -55,7 +55,8 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         "generated cardiac MRI; for an nnU-Net --model, $nnUNet_raw/<its data set> when nnUNet_raw is set)")
     parser.add_argument("--group-by", metavar="REGEX", help="patient of an images/ file: the regex's first group in its path (default: subfolder, or name up to the first _)")
     parser.add_argument("--size", type=int, dest="image_size", metavar="N", help="input size N x N, a multiple of 16 (default 96)")
-    parser.add_argument("--space", metavar="FILE|PRESET", help="search space: per-layer (default), per-layer-depth (also drops deepest levels and second convolutions of our U-Nets), "
+    parser.add_argument("--space", metavar="FILE|PRESET", help="search space: per-layer (default: with per-layer-depth's depth where width alone cannot reach the budget), "
+                        "per-layer-depth (also drops deepest levels and second convolutions of our U-Nets), "
                         "per-stage, nnunet-stages (one width per nnU-Net stage), uniform, or a TOML file")
     parser.add_argument("--target", metavar="URL", help="remote latency agent http://HOST:PORT (token in $AUTOSCULPT_AGENT_TOKEN)")
     parser.add_argument("--threads", type=int, metavar="N", help="threads on the target (default 1)")

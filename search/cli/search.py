@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -85,8 +84,12 @@ def run(args) -> int:
     if context.survey.kept_whole:
         console.print(context.survey.describe(), soft_wrap=True)
     console.print("measuring the dense model and the latency reference on the target ...")
-    _, settings = create_study(name, url, settings, context)
-    context = replace(context, settings=settings)
+    space = settings.space
+    _, context = create_study(name, url, settings, context)
+    settings = context.settings
+    if settings.space != space:
+        console.print(f"width alone cannot reach the budget here (its narrowest network is over it): "
+                      f"searching depth too (--space {settings.space})", soft_wrap=True)
     console.print(f"study [bold]{name}[/] on {masked(url)}: {budget_text(settings)}; "
                   f"resume with: autosculpt resume {name}{storage_flag(args.storage)}", soft_wrap=True)
     run_workers(name, url, context, args.workers, storage_flag(args.storage))
@@ -139,6 +142,8 @@ def describe(settings, name: str, data_median: int | None = None) -> str:
         return "crop=auto (whole slices up to 160 px, patches of half the side above)"
     if name == "epoch_slices" and value is None:
         return "epoch_slices=all"
+    if name == "space" and value == "auto":
+        return "space=auto (per-layer; per-layer-depth where width alone cannot reach the budget)"
     if name == "data" and value is None:
         return "data=generated cardiac MRI"
     return f"{name}={'none' if value is None else value}"
