@@ -120,5 +120,6 @@ def _polish(study, trials, network, context: Context, url: str) -> None:
                       f"{candidate['time_s']:.0f} s)")
     rho = record["rank_correlation"]
     ranking = "" if rho is None else f"; trial scores against polished Dice: Spearman {rho:+.2f}"
+    count = len(record["candidates"])
     console.print(f"winner: trial {record['trial']}, val Dice {record['dice_after']:.3f} after its polish "
-                  f"({len(record['candidates'])} finalists{ranking})")
+                  f"({count} finalist{'s' if count > 1 else ''}{ranking})")

@@ -13,7 +13,7 @@ from ...space import SearchSpace, is_nnunet_folder, nnunet_fold
 from ...units import ms
 from ..data import suggested_image_size
 from ..latency import Target, agent_info
-from ..settings import PRESETS, with_preset
+from ..settings import PRESETS, WIDTH_FLOOR_ATTR, with_preset
 from ..storage import masked, open_storage, storage_url
 from ..study import create_study, prepare
 from ..verdict import EXIT_VERDICT_FAILED
@@ -85,11 +85,12 @@ def run(args) -> int:
         console.print(context.survey.describe(), soft_wrap=True)
     console.print("measuring the dense model and the latency reference on the target ...")
     space = settings.space
-    _, context = create_study(name, url, settings, context)
+    study, context = create_study(name, url, settings, context)
     settings = context.settings
     if settings.space != space:
-        console.print(f"width alone cannot reach the budget here (its narrowest network is over it): "
-                      f"searching depth too (--space {settings.space})", soft_wrap=True)
+        console.print(f"width alone cannot reach {settings.budget_ms:.3g} ms here (its narrowest network measured "
+                      f"{study.user_attrs[WIDTH_FLOOR_ATTR]:.3g} ms): searching depth too (--space {settings.space})",
+                      soft_wrap=True)
     console.print(f"study [bold]{name}[/] on {masked(url)}: {budget_text(settings)}; "
                   f"resume with: autosculpt resume {name}{storage_flag(args.storage)}", soft_wrap=True)
     run_workers(name, url, context, args.workers, storage_flag(args.storage))
