@@ -9,10 +9,13 @@ counts. As an Optuna callback the quota stops ``study.optimize`` once the study 
 trials, or when this worker's trial was refused; :meth:`still_short` then tells whether
 trials running elsewhere failed meanwhile, so the worker is needed after all.
 
-A *repeat* (user attribute ``repeat_of``: its shape projected onto a network an earlier
-trial fine-tuned, whose outcome it took without fine-tuning) is free: it does not count,
-up to as many repeats as the study has trials, so a space that keeps returning one
-network still ends.
+A trial that fine-tuned nothing is free: a *repeat* (user attribute ``repeat_of``: its
+shape projected onto a network an earlier trial fine-tuned, whose outcome it took) or a
+shape whose narrowest network was still over the budget (``finetuned`` False: measured and
+scored, seconds of work). Free trials do not count, up to as many as the study has
+trials, so a study gets its fine-tunes where many shapes cannot reach the budget (depth
+past the width floor: a third of its shapes keep every level), and a space that keeps
+returning one network still ends.
 """
 
 from __future__ import annotations
@@ -45,11 +48,16 @@ def is_repeat(trial: FrozenTrial) -> bool:
     return isinstance(trial.user_attrs.get(REPEAT_ATTR), int)
 
 
+def is_free(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` fine-tuned nothing: a repeat, or a shape that could not reach the budget."""
+    return is_repeat(trial) or trial.user_attrs.get("finetuned") is False
+
+
 def counting(trials: list[FrozenTrial], limit: int | None) -> int:
-    """How many of ``trials`` count towards a study of ``limit`` trials: all but the
-    repeats, of which only those beyond ``limit`` count."""
-    repeats = sum(is_repeat(t) for t in trials)
-    return len(trials) - min(repeats, limit or 0)
+    """How many of ``trials`` count towards a study of ``limit`` trials: all but the free
+    ones (:func:`is_free`), of which only those beyond ``limit`` count."""
+    free = sum(is_free(t) for t in trials)
+    return len(trials) - min(free, limit or 0)
 
 
 class TrialQuota:

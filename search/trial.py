@@ -56,7 +56,8 @@ class TrialRunner:
     A trial enqueued with the user attribute ``budget_fraction`` is projected onto that
     fraction of the budget instead (the report's trade-off); it reports no intermediate
     Dice, so the pruner compares only trials at the budget. A shape whose narrowest
-    network is still over its goal is scored without fine-tuning.
+    network is still over its goal is scored without fine-tuning (``finetuned`` False:
+    free in the study's trial count, :mod:`.quota`).
 
     A shape that projects onto a network an earlier finished trial fine-tuned (same
     channels, method, importance and precision) is a *repeat*: it stores ``repeat_of``

@@ -1,4 +1,5 @@
-"""Shapes that project onto a network an earlier trial fine-tuned take its outcome, free."""
+"""Shapes that project onto a network an earlier trial fine-tuned take its outcome, free; so are
+shapes that could not reach the budget (nothing fine-tuned)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,15 @@ def test_repeats_are_free_up_to_as_many_as_the_study_has_trials():
     assert quota_of(repeated + repeats[:3], limit=3).counted() == 1
     assert quota_of(repeated + repeats, limit=3).counted() == 2  # the fourth repeat counts: the study still ends
     assert not quota_of(repeated + repeats[:2], limit=3).done()
+
+
+def test_shapes_that_could_not_reach_the_budget_are_free_too():
+    """Past the width floor a third of the depth space keeps every level: those shapes are
+    measured and scored, never fine-tuned, and must not use up the study's fine-tunes."""
+    unreachable = [create_trial(value=0.3, user_attrs={"finetuned": False, "feasible": False}) for _ in range(3)]
+    assert quota_of([fine_tuned(), *unreachable[:2]], limit=2).counted() == 1
+    assert quota_of([fine_tuned(), *unreachable], limit=2).counted() == 2  # beyond the limit they count: it ends
+    assert quota_of([fine_tuned(), fine_tuned()], limit=2).done()
 
 
 def test_a_repeat_does_not_take_a_later_trials_place():
