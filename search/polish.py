@@ -42,8 +42,9 @@ PolishProgress = Callable[[int, str, int, int, float], None]
 def polish_finalists(study: optuna.Study, finalists: list[FrozenTrial], network: Callable[[FrozenTrial], torch.nn.Module],
                      context: Context, storage_url: str, on_epoch: PolishProgress | None = None) -> dict:
     """Polish each of ``finalists`` (``network(trial)`` builds its fine-tuned network) and
-    record the winner in the study; finalists an earlier polish of this study covered keep
-    that polish (it is not repeated).
+    record the winner in the study; finalists an earlier polish of this study covered for as
+    many epochs keep that polish (it is not repeated; other epochs, from a resume with
+    ``--polish-epochs``, polish again).
 
     Stores and returns the study user attribute ``polish``: the winner's record (``trial``,
     Dice before and after on validation, epochs, each variant's Dice, which one was kept and,
@@ -53,7 +54,8 @@ def polish_finalists(study: optuna.Study, finalists: list[FrozenTrial], network:
     does not vary) and ``time_s`` (all polishes, this call and earlier ones).
     """
     stored = study.user_attrs.get(POLISH_ATTR)
-    done = {c["trial"]: c for c in (stored.get("candidates", [stored]) if stored else [])}  # [stored]: before finalists
+    earlier = stored.get("candidates", [stored]) if stored else []  # [stored]: before finalists
+    done = {c["trial"]: c for c in earlier if c.get("epochs") == context.settings.polish}
     candidates = [done.get(t.number) or polish_one(study, t, network(t), context, storage_url, on_epoch) for t in finalists]
     winner = max(candidates, key=lambda c: c["dice_after"])  # the first of equals: the better trial score
     scores = [t.values[0] for t in finalists]

@@ -66,6 +66,11 @@ def test_search_resume_export_predict(tmp_path):
     assert polish["candidates"][0] in polished["candidates"] or polish["trial"] not in after  # a finalist is polished once
     assert f"winner: trial {polished['trial']}" in done.stderr
 
+    done = run_cli("resume", "flow", "--storage", url, "--polish-epochs", "1", "--finalists", "2", "--out", str(out))
+    assert done.returncode in FLOW, done.stderr
+    polished = optuna.load_study(study_name="flow", storage=url).user_attrs["polish"]
+    assert [c["epochs"] for c in polished["candidates"]] == [1, 1]  # other epochs: polished again, not reused
+
     export = tmp_path / "export"
     done = run_cli("export", "flow", "--storage", url, "--out", str(export))
     assert done.returncode in FLOW, done.stderr
