@@ -27,7 +27,8 @@ class Settings:
     budget is ``budget_ms`` or the baseline's latency over ``speedup``: a study stores
     both once it is created (``budget_ms`` resolved by calibration). ``epochs`` is the
     most a trial fine-tunes (the pruner stops most earlier); the ``finalists`` best trials
-    within budget are polished for ``polish_epochs`` (default twice ``epochs``) and the best
+    within budget are polished for ``polish_epochs`` (default twice ``epochs``, longer for tiny
+    networks: :func:`~.polish.polish_epochs`) and the best
     of them after its polish is the answer. The verdict fails a model that
     loses more than ``max_dice_loss`` percent of the baseline's test Dice.
     ``group_by`` is the regex that groups an images/ folder's files into patients

@@ -7,8 +7,8 @@ import pytest
 from optuna.distributions import FloatDistribution
 
 from autosculpt.search.best import answer, finalists
-from autosculpt.search.polish import rank_correlation
-from autosculpt.search.settings import POLISH_ATTR, SETTINGS_ATTR, Settings
+from autosculpt.search.polish import polish_epochs, rank_correlation
+from autosculpt.search.settings import POLISH_ATTR, SETTINGS_ATTR, Settings, with_preset
 
 
 def test_rank_correlation_is_spearman_or_none_where_it_means_nothing():
@@ -36,3 +36,10 @@ def test_the_answer_is_the_polish_winner_while_it_is_within_the_budget():
     study.set_user_attr(POLISH_ATTR, {"trial": 0, "dice_after": 0.97})
     assert answer(study).number == 0
     assert answer(study, budget_ms=1.6).number == 1  # the winner is over a tighter budget: the best within it
+
+
+def test_tiny_networks_polish_longer_unless_the_user_says():
+    settings, _ = with_preset("default", {"speedup": 30})  # epochs 8: a polish of 16
+    assert [polish_epochs(settings, ratio) for ratio in (1, 41, 100, 1000, 3607, 1e6)] == [16, 16, 16, 32, 41, 48]
+    given, _ = with_preset("default", {"speedup": 30, "polish_epochs": 5})
+    assert polish_epochs(given, 3607) == 5

@@ -67,7 +67,8 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         "score on whole slices; 0: whole slices (default: 128 px patches for slices over 160 px, whole below)")
     parser.add_argument("--epoch-slices", type=int, metavar="N", help="a trial's fine-tune epoch draws N of the training "
                         "slices at random (default: all; the polish takes all)")
-    parser.add_argument("--polish-epochs", type=int, metavar="N", help="epochs of each finalist's polish (default 2 x --epochs; 0: none)")
+    parser.add_argument("--polish-epochs", type=int, metavar="N", help="epochs of each finalist's polish (default 2 x --epochs, up to 3 times that for "
+                        "networks over 100x smaller; 0: none)")
     parser.add_argument("--finalists", type=int, metavar="K", help="polish the K best trials within budget and keep the best "
                         "after its polish (default 1: each costs one polish; 3 or more also measure how well trial scores rank them)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the data, baseline and samplers (default 0)")
