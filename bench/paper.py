@@ -56,7 +56,7 @@ from _common import (DICE_TOLERANCE, PAPER_RATIO, Remeasured, add_study_options,
 from autosculpt.search.best import ranked_within  # noqa: E402
 from autosculpt.search.export import trial_network  # noqa: E402
 from autosculpt.search.latency import Target, cpu_model, measure  # noqa: E402
-from autosculpt.search.polish import polish_finalists, polish_record  # noqa: E402
+from autosculpt.search.polish import polish_epochs, polish_finalists, polish_record  # noqa: E402
 from autosculpt.search.study import Context  # noqa: E402
 from autosculpt.search.train import Scores, evaluate  # noqa: E402
 
@@ -241,7 +241,8 @@ def _polished_headline(study: optuna.Study, trial: FrozenTrial, context: Context
     record = polish_record(study, trial)
     net = trial_network(trial, context, url, study)
     if record is None:
-        console.print(f"polishing trial {trial.number} ({context.settings.polish} epochs) ...")
+        epochs = polish_epochs(context.settings, trial.user_attrs.get("param_ratio", 1.0))
+        console.print(f"polishing trial {trial.number} ({epochs} epochs) ...")
         record = polish_finalists(study, [trial], lambda _: net, context, url)
     names = context.data.class_names
     return Headline(seed, trial, latency, budget_ms, trial.values[0], record["dice_after"],
