@@ -19,7 +19,7 @@ from PIL import Image
 
 from autosculpt.search.best import finalists
 from autosculpt.search.data import load_data
-from autosculpt.search.quota import COUNTED, is_repeat
+from autosculpt.search.quota import COUNTED, is_free
 from autosculpt.search.train import finetune_lr
 from autosculpt.search.verdict import EXIT_VERDICT_FAILED
 
@@ -27,10 +27,10 @@ SMOKE = ("--preset", "smoke")
 
 
 def counted(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    """The trials that count towards the study's total: complete or pruned, not repeats
-    (these tests ask for fewer trials than a study's free repeats)."""
+    """The trials that count towards the study's total: complete or pruned, not free (repeats,
+    shapes that could not reach the budget; these tests ask for fewer trials than a study's free ones)."""
     study = optuna.load_study(study_name=name, storage=url)
-    return [t for t in study.get_trials(states=COUNTED) if not is_repeat(t)]
+    return [t for t in study.get_trials(states=COUNTED) if not is_free(t)]
 
 
 def test_search_resume_export_predict(tmp_path):
@@ -68,8 +68,9 @@ def test_search_resume_export_predict(tmp_path):
 
     done = run_cli("resume", "flow", "--storage", url, "--polish-epochs", "1", "--finalists", "2", "--out", str(out))
     assert done.returncode in FLOW, done.stderr
-    polished = optuna.load_study(study_name="flow", storage=url).user_attrs["polish"]
-    assert [c["epochs"] for c in polished["candidates"]] == [1, 1]  # other epochs: polished again, not reused
+    study = optuna.load_study(study_name="flow", storage=url)
+    polished = study.user_attrs["polish"]
+    assert [c["epochs"] for c in polished["candidates"]] == [1] * len(finalists(study, 2))  # polished again, not reused
 
     export = tmp_path / "export"
     done = run_cli("export", "flow", "--storage", url, "--out", str(export))
@@ -86,7 +87,8 @@ def test_search_resume_export_predict(tmp_path):
     assert "Per patient (test volumes)" in (out / "report.html").read_text() and sorted(test_patients)[0] in (out / "report.html").read_text()
 
     done = run_cli("trials", "flow", "--storage", url, "--format", "json")
-    assert len([row for row in json.loads(done.stdout) if row["state"] in ("COMPLETE", "PRUNED") and row["repeat_of"] is None]) == 5
+    rows = [row for row in json.loads(done.stdout) if row["state"] in ("COMPLETE", "PRUNED")]
+    assert len([row for row in rows if row["repeat_of"] is None and row["finetuned"] is not False]) == 5  # the counted ones
     finetuned = [t for t in counted(url, "flow") if t.user_attrs.get("finetuned")]
     assert all(t.user_attrs["time_finetune_s"] > 0 for t in finetuned)  # pruned ones too: the benches count it
     assert all(t.user_attrs["lr"] == pytest.approx(finetune_lr(t.user_attrs["param_ratio"]), rel=1e-3) for t in finetuned)
