@@ -12,7 +12,9 @@ PRECISIONS = ("fp32", "int8")  # deployed precisions: fp32 ONNX, or INT8 QDQ ONN
 
 SETTINGS_ATTR = "settings"
 WIDTH_FLOOR_ATTR = "width_floor_ms"  # the narrowest width-only network's latency, where measured (:mod:`.study`)
-WIDTH_SPACE = "per-layer"  # space "auto" searches it, with depth past the width floor (:mod:`.study`)
+AUTO_SPACE = "auto"  # the default space: WIDTH_SPACE, or DEPTH_SPACE past the width floor (:mod:`.study`)
+WIDTH_SPACE = "per-layer"
+DEPTH_SPACE = "per-layer-depth"
 POLISH_ATTR = "polish"  # the finalists' polish and its winner (:mod:`.polish`)
 KEPT_WHOLE_ATTR = "kept_whole"  # {group name: why it cannot be pruned}: the groups a study leaves whole
 
@@ -58,7 +60,7 @@ class Settings:
     image_size: int = 96
     patients: int | None = None
     group_by: str | None = None
-    space: str = "auto"
+    space: str = AUTO_SPACE
     space_spec: dict = field(default_factory=dict)
     target: dict = field(default_factory=dict)
     seed: int = 0
@@ -154,7 +156,7 @@ def with_preset(preset: str, given: dict) -> tuple[Settings, list[str]]:
         raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     chosen = {k: v for k, v in given.items() if v is not None}
     values = {**PRESETS[preset], **chosen, "preset": preset}
-    values.setdefault("space_spec", SearchSpace.load(WIDTH_SPACE if values.get("space", "auto") == "auto" else values["space"]).to_dict())
+    values.setdefault("space_spec", SearchSpace.load(WIDTH_SPACE if values.get("space", AUTO_SPACE) == AUTO_SPACE else values["space"]).to_dict())
     values.setdefault("target", Target().to_dict())
     values.setdefault("model_sha256", model_digest(values.get("model", "unet")))
     settings = Settings(**values)

@@ -30,7 +30,7 @@ from .anchors import can_anchor, nearest_anchor
 from .latency import LatencyStats, Reference, Target, cpu_model, measure, measure_onnx, pooled
 from .onnx_io import to_onnx
 from .projection import CostModel, LatencyCache
-from .settings import KEPT_WHOLE_ATTR, SETTINGS_ATTR, WIDTH_FLOOR_ATTR, Settings
+from .settings import AUTO_SPACE, DEPTH_SPACE, KEPT_WHOLE_ATTR, SETTINGS_ATTR, WIDTH_FLOOR_ATTR, Settings
 from .storage import artifact_store, load_study, open_storage
 from .train import Schedule, finetune_schedule, resolve_crop, resolve_device, teacher_logits, trial_epoch_slices
 from .weights import download_state_dict, upload_state_dict
@@ -38,7 +38,6 @@ from .weights import download_state_dict, upload_state_dict
 REFERENCE_ATTR = "latency_reference"
 BASELINE_ATTR = "baseline_artifact"  # the study's baseline state dict, an Optuna artifact
 CALIBRATION_MEASUREMENTS = 3  # pooled measurements of the reference's own latency
-DEPTH_SPACE = "per-layer-depth"  # the default space's own, with depth: for budgets past the width floor
 
 
 @dataclass
@@ -184,11 +183,11 @@ def past_the_width_floor(context: Context) -> tuple[Context, float | None]:
     Only for space ``auto`` (the default: no ``--space`` given) and a model that offers depth: the
     narrowest network width pruning builds (every searched group at the space's smallest
     channel step) is measured as the budget was; when it is over the budget, the study
-    searches :data:`DEPTH_SPACE` instead (stored in its settings, so every worker and resume
+    searches :data:`~.settings.DEPTH_SPACE` instead (stored in its settings, so every worker and resume
     does). Returns the context and that network's median (ms), or None when not measured.
     """
     settings = context.settings
-    if settings.space != "auto" or not context.depth.levels:
+    if settings.space != AUTO_SPACE or not context.depth.levels:
         return context, None
     narrowest = apply_recipe(context.baseline.model, uniform_recipe(context.space, 1e-6), context.example)
     floor_ms = _calibrated(narrowest, context).median_ms

@@ -13,7 +13,7 @@ from ...space import SearchSpace, is_nnunet_folder, nnunet_fold
 from ...units import ms
 from ..data import suggested_image_size
 from ..latency import Target, agent_info
-from ..settings import PRESETS, WIDTH_FLOOR_ATTR, with_preset
+from ..settings import AUTO_SPACE, PRESETS, WIDTH_FLOOR_ATTR, with_preset
 from ..storage import masked, open_storage, storage_url
 from ..study import create_study, prepare
 from ..verdict import EXIT_VERDICT_FAILED
@@ -143,7 +143,7 @@ def describe(settings, name: str, data_median: int | None = None) -> str:
         return "crop=auto (whole slices up to 160 px, patches of half the side above)"
     if name == "epoch_slices" and value is None:
         return "epoch_slices=all"
-    if name == "space" and value == "auto":
+    if name == "space" and value == AUTO_SPACE:
         return "space=auto (per-layer; per-layer-depth where width alone cannot reach the budget)"
     if name == "data" and value is None:
         return "data=generated cardiac MRI"
