@@ -23,14 +23,14 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from autosculpt.errors import UserError
-from autosculpt.search.best import ranked_within
 from autosculpt.search.latency import LatencyStats, Target, measure_onnx
 from autosculpt.search.onnx_io import to_onnx
-from autosculpt.search.quota import is_repeat
-from autosculpt.search.runner import make_sampler, run_worker
-from autosculpt.search.settings import SETTINGS_ATTR, Settings, with_preset
-from autosculpt.search.storage import load_study, open_storage
-from autosculpt.search.study import Context, create_study, prepare
+from autosculpt.search.study.best import ranked_within
+from autosculpt.search.study.quota import is_repeat
+from autosculpt.search.study.runner import make_sampler, run_worker
+from autosculpt.search.study.settings import SETTINGS_ATTR, Settings, with_preset
+from autosculpt.search.study.storage import load_study, open_storage
+from autosculpt.search.study.study import Context, create_study, prepare
 from autosculpt.space import SearchSpace
 
 PAPER_RATIO = 1148  # the published hand-tuned compression of the off-the-shelf U-Net
@@ -100,7 +100,7 @@ def _reuse(context: Context | None, settings: Settings) -> Context:
 
 
 def tuned(study: optuna.Study) -> list[FrozenTrial]:
-    """The fine-tuned complete trials at any latency, best first (the library's rule, :mod:`autosculpt.search.best`)."""
+    """The fine-tuned complete trials at any latency, best first (the library's rule, :mod:`autosculpt.search.study.best`)."""
     return ranked_within(study.get_trials(deepcopy=False), math.inf)
 
 

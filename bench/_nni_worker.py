@@ -28,10 +28,10 @@ def main() -> int:
     from nni.compression.pruning import L1NormPruner
     from nni.compression.speedup import ModelSpeedup
 
-    from autosculpt.search.baseline import build_model, example_input
     from autosculpt.search.data import load_data
     from autosculpt.search.latency import Reference, Target, measure
-    from autosculpt.search.train import evaluate, finetune_schedule, teacher_logits, train
+    from autosculpt.search.training.baseline import build_model, example_input
+    from autosculpt.search.training.train import evaluate, finetune_schedule, teacher_logits, train
     from autosculpt.space import figures
 
     data = load_data(image_size=job["image_size"], seed=job["seed"], patients=job["patients"])

@@ -30,13 +30,13 @@ import onnxruntime
 from rich.console import Console
 from rich.table import Table
 
-from autosculpt.search.baseline import example_input, get_baseline
 from autosculpt.search.data import SegmentationData, load_data
-from autosculpt.search.latency import LatencyStats, Reference, Target, cpu_model, measure_onnx, pooled
+from autosculpt.search.latency import LatencyStats, Reference, Target, cpu_model, has_vnni, measure_onnx, pooled
 from autosculpt.search.onnx_io import ort_labels, to_onnx
-from autosculpt.search.quantize import calibration_slices, has_vnni, quantize_int8
-from autosculpt.search.study import calibration_batch
-from autosculpt.search.train import finetune_schedule, split_scores, train
+from autosculpt.search.quantize import calibration_slices, quantize_int8
+from autosculpt.search.study.study import calibration_batch
+from autosculpt.search.training.baseline import example_input, get_baseline
+from autosculpt.search.training.train import finetune_schedule, split_scores, train
 from autosculpt.space import Recipe, apply_recipe, count_parameters, figures
 
 

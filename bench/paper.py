@@ -12,7 +12,7 @@ study lives in ``--storage``, so it can run in parts) a full search, then:
   re-measured side by side (interleaved rounds, ONNX Runtime, 1 thread);
 - the **named network** is the candidate with the highest parameter compression whose
   validation Dice is within 4% of the baseline's and whose re-measured median is within
-  the budget; it gets the polish the search gives its winner (``autosculpt.search.polish``:
+  the budget; it gets the polish the search gives its winner (``autosculpt.search.study.polish``:
   two trials' schedules, the better of the trial's weights and the polish on validation)
   and is scored on the test patients, per structure; the headline uses that test Dice;
 - with a CUDA device, the dense network's GPU latency (eager PyTorch fp32, and fp16
@@ -47,18 +47,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import optuna  # noqa: E402
 import torch  # noqa: E402
+from _common import (  # noqa: E402
+    DICE_TOLERANCE,
+    PAPER_RATIO,
+    Remeasured,
+    add_study_options,
+    front,
+    make_settings,
+    onnx_of,
+    remeasure,
+    run_study,
+    scaling_row,
+    scaling_table,
+)
 from optuna.trial import FrozenTrial  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from _common import (DICE_TOLERANCE, PAPER_RATIO, Remeasured, add_study_options, front, make_settings, onnx_of,  # noqa: E402
-                     remeasure, run_study, scaling_row, scaling_table)
-from autosculpt.search.best import ranked_within  # noqa: E402
-from autosculpt.search.export import trial_network  # noqa: E402
+from autosculpt.search.deploy.export import trial_network  # noqa: E402
 from autosculpt.search.latency import Target, cpu_model, measure  # noqa: E402
-from autosculpt.search.polish import polish_epochs, polish_finalists, polish_record  # noqa: E402
-from autosculpt.search.study import Context  # noqa: E402
-from autosculpt.search.train import Scores, evaluate  # noqa: E402
+from autosculpt.search.study.best import ranked_within  # noqa: E402
+from autosculpt.search.study.polish import polish_epochs, polish_finalists, polish_record  # noqa: E402
+from autosculpt.search.study.study import Context  # noqa: E402
+from autosculpt.search.training.train import Scores, evaluate  # noqa: E402
 
 SPACE = Path(__file__).with_name("paper-space.toml")
 PAPER_SPEEDUP = 90  # the compression pressure of 0.7 ms on the 2-core EPYC where the dense model took 61 ms

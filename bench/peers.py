@@ -45,15 +45,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import optuna  # noqa: E402
+from _common import add_study_options, make_settings, run_study, scaling_row, scaling_table  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from _common import add_study_options, make_settings, run_study, scaling_row, scaling_table  # noqa: E402
 from autosculpt.search.latency import Target  # noqa: E402
-from autosculpt.search.runner import make_sampler  # noqa: E402
-from autosculpt.search.storage import open_storage  # noqa: E402
-from autosculpt.search.best import best_feasible  # noqa: E402
-from autosculpt.search.study import budget_fraction, study_reference  # noqa: E402
+from autosculpt.search.study.best import best_feasible  # noqa: E402
+from autosculpt.search.study.runner import make_sampler  # noqa: E402
+from autosculpt.search.study.storage import open_storage  # noqa: E402
+from autosculpt.search.study.study import budget_fraction, study_reference  # noqa: E402
 from autosculpt.space import SearchSpace  # noqa: E402
 
 NNI_PYTHON = os.environ.get("NNI_PYTHON", "/tmp/nni-venv/bin/python")

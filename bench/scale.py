@@ -43,12 +43,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from autosculpt.search.baseline import get_baseline
 from autosculpt.search.cache import cache_dir
 from autosculpt.search.data import SegmentationData, load_data
 from autosculpt.search.data._cardiac import FIELD_OF_VIEW_MM, SLICE_MM, generate
 from autosculpt.search.latency import cpu_model
-from autosculpt.search.train import resolve_crop, resolve_device
+from autosculpt.search.training.baseline import get_baseline
+from autosculpt.search.training.train import resolve_crop, resolve_device
 
 # name: extra search options. auto: the search's defaults (patches for slices over 160 px, every
 # training slice each epoch); whole: whole slices; sampled: a trial's epoch draws 1,000 slices.

@@ -21,11 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import optuna  # noqa: E402
+from _common import scaling_row, scaling_table  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from _common import scaling_row, scaling_table  # noqa: E402
-from autosculpt.search.settings import SETTINGS_ATTR, Settings  # noqa: E402
-from autosculpt.search.storage import load_study, open_storage  # noqa: E402
+from autosculpt.search.study.settings import SETTINGS_ATTR, Settings  # noqa: E402
+from autosculpt.search.study.storage import load_study, open_storage  # noqa: E402
 
 
 def main(argv=None) -> int:

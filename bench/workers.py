@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
-from autosculpt.search.quota import COUNTED, is_surplus
+from autosculpt.search.study.quota import COUNTED, is_surplus
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,8 @@ def warm_baseline(epochs: int) -> None:
     """Train (or load) the smoke baseline once, so no run pays for it."""
     import torch
 
-    from autosculpt.search.settings import with_preset
-    from autosculpt.search.study import prepare
+    from autosculpt.search.study.settings import with_preset
+    from autosculpt.search.study.study import prepare
 
     torch.set_num_threads(1)
     settings, _ = with_preset("smoke", {"budget_ms": 50.0, "epochs": epochs})

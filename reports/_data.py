@@ -18,8 +18,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..search.best import ranked_within
-from ..search.storage import masked
+from ..search.study.best import ranked_within
+from ..search.study.storage import masked
 from ._headline import HeadlineInfo, ModelSummary, get_headline_info
 from ._patients import PatientsInfo, get_patients_info
 from ._search_info import SearchInfo, get_search_info

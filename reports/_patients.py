@@ -1,6 +1,6 @@
 """Figures per patient: each test volume's Dice and HD95 for the baseline and the exported model.
 
-Read from the export's ``per_volume`` record (:mod:`autosculpt.search.metrics`), worst
+Read from the export's ``per_volume`` record (:mod:`autosculpt.search.training.metrics`), worst
 volume (lowest mean Dice of the exported model) first; nothing before an export.
 """
 

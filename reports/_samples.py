@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from ..search.samples import QualitativeSample
+from ..search.deploy.samples import QualitativeSample
 
 # Label 1, 2, 3 (RV, myocardium, LV): Okabe-Ito colours, told apart with colour-blindness.
 CLASS_COLOURS = ((230, 97, 0), (0, 158, 115), (86, 180, 233))

@@ -14,7 +14,7 @@ from statistics import median
 import optuna
 from optuna.trial import TrialState
 
-from ..search.settings import KEPT_WHOLE_ATTR, SETTINGS_ATTR, WIDTH_FLOOR_ATTR, Settings
+from ..search.study.settings import KEPT_WHOLE_ATTR, SETTINGS_ATTR, WIDTH_FLOOR_ATTR, Settings
 
 BAND = (0.8, 1.0)  # the fractions of the budget the projection aims between
 

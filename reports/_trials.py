@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from optuna.trial import FrozenTrial, TrialState
 
-from ..search.best import meets_budget, within_budget
-from ..search.quota import REPEAT_ATTR
+from ..search.study.best import meets_budget, within_budget
+from ..search.study.quota import REPEAT_ATTR
 from ._values import as_dict, finite, finite_dict, integer, last
 
 # Trial phases whose seconds the search stores as ``time_<phase>_s`` user attributes.
@@ -40,7 +40,7 @@ class TrialRow(ModelFigures):
     ``dice`` is the objective for a complete trial and the last epoch's Dice for a pruned
     one. ``feasible`` says whether its measured latency is within the study's budget (None
     when unmeasured); ``candidate`` whether it may be the answer (complete, fine-tuned
-    and within budget): both by the one rule of :mod:`autosculpt.search.best`.
+    and within budget): both by the one rule of :mod:`autosculpt.search.study.best`.
     ``precision`` is the deployed precision it was measured and scored at (fp32 before
     ``search --precision`` existed). ``repeat_of`` is the trial whose network (and
     outcome) it repeated without fine-tuning, if any. ``times`` maps each of
@@ -62,7 +62,7 @@ class TrialRow(ModelFigures):
 
 
 def get_trial_row(trial: FrozenTrial, budget_ms: float) -> TrialRow:
-    """The row of ``trial``, judged against ``budget_ms`` by :mod:`autosculpt.search.best`."""
+    """The row of ``trial``, judged against ``budget_ms`` by :mod:`autosculpt.search.study.best`."""
     attrs = trial.user_attrs
     complete = trial.state == TrialState.COMPLETE and trial.values is not None
     dice = trial.values[0] if complete else last(attrs.get("dice_by_epoch"))

@@ -21,7 +21,7 @@ preset at 96x96 (ONNX Runtime 1.32, 1 thread, a 2-core AMD EPYC with VNNI):
   the thin ones in fp32, 0.85 ms.
 - *reduce_range without VNNI.* x86 CPUs without VNNI multiply 8-bit values with an
   instruction whose 16-bit sums can saturate; 7-bit weights avoid it
-  (``reduce_range=True``). :func:`has_vnni` reads the CPU flags.
+  (``reduce_range=True``). :func:`~.latency.has_vnni` reads the CPU flags.
 
 A whole model can still be slower in INT8 than in fp32: the export measures both and says so.
 """
@@ -41,13 +41,11 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from torch import nn
 
-from .latency import Target
 from .onnx_io import onnx_input_shape, to_onnx
 
 INT8_FILE = "model.int8.onnx"
 CALIBRATION_SLICES = 64  # training slices, evenly spaced over the split
 MIN_INT8_CHANNELS = 8  # a Conv with fewer input or output channels stays fp32
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 
 
 @dataclass(frozen=True)
@@ -72,29 +70,10 @@ class Int8Model:
                 "calibration": {"split": "train", "slices": self.calibration_slices, "method": "MinMax"}}
 
 
-def has_vnni(cpuinfo: str | None = None) -> bool | None:
-    """Whether the CPU has VNNI (flag ``avx512_vnni`` or ``avx_vnni``) in ``cpuinfo``, the
-    text of /proc/cpuinfo (read when None); None when there is no flags line to read."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
-    flags = [line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")]
-    if not flags:
-        return None
-    return any(flag in VNNI_FLAGS for flag in flags[0])
-
-
-def target_vnni(target: Target) -> bool | None:
-    """Whether ``target``'s CPU has VNNI: this machine's flags (:func:`has_vnni`), None for a
-    remote target, whose flags are unknown."""
-    return None if target.url else has_vnni()
-
-
-def reduce_range_for(target: Target) -> bool:
-    """Whether to quantize weights to 7 bits for ``target``: yes unless its CPU is known to have VNNI."""
-    return target_vnni(target) is not True
+def reduce_range_for(vnni: bool | None) -> bool:
+    """Whether to quantize weights to 7 bits for a CPU that has VNNI (``vnni``: True), lacks it
+    (False) or is not known (None, :func:`~.latency.target_vnni`): yes unless it is known to have it."""
+    return vnni is not True
 
 
 def int8_onnx(net: nn.Module, input_shape: tuple[int, ...], images: torch.Tensor, reduce_range: bool) -> bytes:

@@ -10,7 +10,6 @@ architecture back.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
@@ -24,8 +23,8 @@ from torch.nn import functional as F
 from ..errors import UserError
 from ._depth import drop_depth
 from ._errors import brief, shorten
+from ._graph import call_all_outputs, dependency_graph, eval_mode
 from ._recipe import LayerGroup, Recipe, channel_plan, is_ignored, without_ignored
-from ._tp_patch import UntracedConcatInput, decouple_broadcasts, recording_shapes
 
 _ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
 _L1 = tp.importance.GroupMagnitudeImportance(p=1, normalizer=None)
@@ -80,7 +79,7 @@ def survey_groups(model: nn.Module, example_input: torch.Tensor, ignore: Sequenc
     cannot be traced, or of which no group can be pruned, raises :class:`UserError`, so the
     failure comes before any fine-tuning.
     """
-    graph = _graph(model, example_input)
+    graph = dependency_graph(model, example_input)
     groups = without_ignored(_list_groups(graph), ignore)
     steps = {name: _channel_step(group) for name, _, group in _named_groups(graph)}
     kept_whole = _unsafe_groups(model, groups, steps, example_input)
@@ -149,7 +148,7 @@ def prune_in_place(
 
     Indices are in the unpruned model's numbering (each group is pruned exactly once).
     """
-    graph = _graph(model, example_input)
+    graph = dependency_graph(model, example_input)
     plan = channel_plan(without_ignored(_list_groups(graph), recipe.ignore), recipe)
     if recipe.importance == "bn" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise UserError("importance 'bn' needs BatchNorm layers, and this model has none: "
@@ -226,8 +225,8 @@ def _unsafe_groups(model: nn.Module, groups: Sequence[LayerGroup], steps: dict[s
     """
     channels = {g.name: g.channels for g in groups}
     fewer = {name: n - steps[name] for name, n in channels.items() if n > steps[name]}
-    with _eval_mode(model), torch.no_grad():
-        expected = _call(model, example_input)
+    with eval_mode(model), torch.no_grad():
+        expected = call_all_outputs(model, example_input)
 
     def breaks(keep: dict[str, int]) -> str | None:
         return _breaks(model, keep, channels, example_input, expected)
@@ -251,7 +250,7 @@ def _breaks(model: nn.Module, keep: dict[str, int], channels: dict[str, int], ex
     try:
         net = apply_recipe(model, Recipe(keep={name: n / channels[name] for name, n in keep.items()}), example_input)
         with torch.no_grad():
-            got = _call(net, example_input)
+            got = call_all_outputs(net, example_input)
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         return brief(err)
     shapes = [tuple(t.shape) for t in tp.utils.flatten_as_list(got)]
@@ -269,87 +268,6 @@ def _width(layer: nn.Module) -> int:
     return layer.weight.shape[0]
 
 
-def _graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model``, traced in eval mode.
-
-    While tracing, in-place activations run out of place (an in-place activation on a norm's
-    output would hide that norm from the trace), and concatenations and broadcasts record
-    what :mod:`._tp_patch` needs to repair the graph.
-    """
-    with _eval_mode(model), _out_of_place(model), recording_shapes(), torch.enable_grad():
-        try:
-            graph = tp.DependencyGraph().build_dependency(model, example_input, forward_fn=_traced_call, verbose=False)
-        except _ForwardFailed as failure:
-            err = failure.__cause__
-            shape = tuple(example_input.shape)
-            message = f"the model failed on an example input of shape {shape} ({brief(err)})"
-            raise UserError(f"{message}: check the input channels and size") from err
-        except UntracedConcatInput as err:
-            message = f"cannot prune: {err} (the input image or a constant)"
-            raise UserError(f"{message}: concatenate only layer outputs along channels") from err
-        except Exception as err:  # Torch-Pruning's analysis may raise anything
-            message = f"Torch-Pruning cannot analyse the model ({type(err).__name__}: {brief(err)})"
-            raise UserError(f"{message}: report the model to us with this line") from err
-    decouple_broadcasts(graph)
-    return graph
-
-
-class _ForwardFailed(Exception):
-    """The model itself raised while being traced."""
-
-
-def _traced_call(model: nn.Module, example_input: torch.Tensor) -> tuple:
-    """:func:`_call`'s outputs, then those of layers whose results the model computes and drops.
-
-    A layer the forward calls but whose output reaches no output (UNet++'s deep-supervision
-    heads when it returns one map) is invisible to a trace that starts from the outputs:
-    its input channels would not follow their producer's. Returning what it computed makes
-    it part of the graph, as a head. The model's own errors are told apart from Torch-Pruning's.
-    """
-    computed = []
-    leaves = [module for module in model.modules() if next(module.children(), None) is None]
-    hooks = [leaf.register_forward_hook(lambda _, __, out: computed.append(out)) for leaf in leaves]
-    try:
-        outputs = _call(model, example_input)
-    except Exception as err:
-        raise _ForwardFailed from err
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return outputs, *_dropped(tp.utils.flatten_as_list(outputs), computed)
-
-
-def _dropped(outputs: list, computed: list) -> list[torch.Tensor]:
-    """The last tensors of ``computed`` (in call order) from which no tensor of ``outputs`` derives."""
-    reached = _ancestors(t.grad_fn for t in outputs if isinstance(t, torch.Tensor))
-    dropped = []
-    for tensor in reversed(computed):
-        if isinstance(tensor, torch.Tensor) and tensor.grad_fn is not None and tensor.grad_fn not in reached:
-            dropped.append(tensor)
-            reached |= _ancestors([tensor.grad_fn])
-    return dropped
-
-
-def _ancestors(nodes) -> set:
-    """Every autograd node the given ones were computed from, themselves included."""
-    seen, stack = set(), [node for node in nodes if node is not None]
-    while stack:
-        node = stack.pop()
-        if node not in seen:
-            seen.add(node)
-            stack.extend(parent for parent, _ in node.next_functions if parent is not None)
-    return seen
-
-
-def _call(model: nn.Module, example_input: torch.Tensor):
-    """Every output of ``model`` on the one input tensor, as Torch-Pruning traces it.
-
-    A model with an ``all_outputs`` method (see :func:`load_user_model`) is called through it,
-    so outputs its forward drops, such as deep-supervision heads, stay consistent when pruned.
-    """
-    return getattr(model, "all_outputs", model)(example_input)
-
-
 def _backpropagate(model: nn.Module, calibration) -> None:
     """Leave the calibration loss's gradients in ``model`` for Taylor importance.
 
@@ -359,7 +277,7 @@ def _backpropagate(model: nn.Module, calibration) -> None:
     if calibration is None:
         raise UserError("importance 'taylor' needs a calibration batch (images, masks): pass one or use 'l1'")
     images, masks = calibration
-    with _eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         model.zero_grad(set_to_none=True)
         logits = model(images)
         if masks.is_floating_point():
@@ -380,28 +298,3 @@ def _reinitialise(model: nn.Module) -> None:
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):
                 reset()
-
-
-@contextlib.contextmanager
-def _out_of_place(model: nn.Module):
-    """Run the block with every module's ``inplace`` flag off, then restore each flag."""
-    flags = [(module, module.inplace) for module in model.modules() if isinstance(getattr(module, "inplace", None), bool)]
-    for module, _ in flags:
-        module.inplace = False
-    try:
-        yield model
-    finally:
-        for module, inplace in flags:
-            module.inplace = inplace
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Run the block with ``model`` in eval mode, then restore every module's own mode."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training

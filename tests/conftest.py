@@ -24,7 +24,7 @@ POSTGRES_ENV = "AUTOSCULPT_TEST_POSTGRES_URL"
 # and inherited by every CLI subprocess).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from autosculpt.search.verdict import EXIT_VERDICT_FAILED  # noqa: E402 - after the thread count is set
+from autosculpt.search.deploy.verdict import EXIT_VERDICT_FAILED  # noqa: E402 - after the thread count is set
 
 # Exit statuses of a search that ran: where a test is about the flow, not the verdict (tested on its own).
 FLOW = (0, EXIT_VERDICT_FAILED)

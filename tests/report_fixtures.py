@@ -17,7 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from autosculpt.reports import QualitativeSample
-from autosculpt.search.best import best_feasible
+from autosculpt.search.study.best import best_feasible
 
 STAGES = {"enc1": 32, "enc2": 64, "enc3": 128, "enc4": 256, "bottleneck": 512,
           "dec4": 256, "dec3": 128, "dec2": 64, "dec1": 32}

@@ -18,9 +18,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from autosculpt.errors import UserError
-from autosculpt.search.agent import MAX_CONNECTIONS
 from autosculpt.search.latency import Target, TargetUnavailable, agent_info, measure, measure_onnx
 from autosculpt.search.onnx_io import to_onnx
+from autosculpt.search.servers.agent import MAX_CONNECTIONS
 from autosculpt.space.unet import UNet, preset_config
 
 TOKEN = "test-token-1f2e3d"

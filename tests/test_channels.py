@@ -13,11 +13,11 @@ from conftest import run_cli
 from PIL import Image
 
 from autosculpt.errors import UserError
-from autosculpt.search.baseline import baseline_key, example_input, get_baseline
 from autosculpt.search.cli import main
 from autosculpt.search.data import load_data, normalise, save_preview
+from autosculpt.search.deploy.predict import load_session, predict_files, segment
 from autosculpt.search.onnx_io import to_onnx
-from autosculpt.search.predict import load_session, predict_files, segment
+from autosculpt.search.training.baseline import baseline_key, example_input, get_baseline
 from autosculpt.space.unet import UNet, preset_config
 
 AFFINE = np.array([[0.0, -1.5, 0.0, 10.0], [1.2, 0.0, 0.0, -5.0], [0.0, 0.0, 8.0, 3.0], [0.0, 0.0, 0.0, 1.0]])

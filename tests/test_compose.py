@@ -27,7 +27,7 @@ from conftest import FLOW, POSTGRES_ENV, postgres_database
 from sqlalchemy.engine import make_url
 
 from autosculpt.search.cli import build_parser
-from autosculpt.search.quota import COUNTED, counting
+from autosculpt.search.study.quota import COUNTED, counting
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTOSCULPT = str(Path(sys.executable).with_name("autosculpt"))  # the console script, the image's ENTRYPOINT

@@ -11,10 +11,9 @@ import torch
 from conftest import run_cli
 from PIL import Image
 
-from autosculpt.search.data import SegmentationData, load_data, save_preview
-from autosculpt.search.data import _cardiac
-from autosculpt.search.data._files import fit
 from autosculpt.errors import UserError
+from autosculpt.search.data import SegmentationData, _cardiac, load_data, save_preview
+from autosculpt.search.data._files import fit
 
 SMALL = {"image_size": 32, "patients": 8}
 
@@ -343,7 +342,7 @@ def test_cli_help_has_examples(args):
 def test_the_default_input_size_follows_the_data(tmp_path):
     from autosculpt.search.cli.search import describe
     from autosculpt.search.data import suggested_image_size
-    from autosculpt.search.settings import with_preset
+    from autosculpt.search.study.settings import with_preset
 
     folder = tmp_path / "pairs"  # longer sides 200, 220 and 500: median 220
     (folder / "images").mkdir(parents=True)

@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import run_cli
 
-from autosculpt.search.anchors import can_anchor, nearest_anchor
-from autosculpt.search.cli import latency as latency_cli
-from autosculpt.search.cli import build_parser, main
 from autosculpt.errors import UserError
+from autosculpt.search.cli import build_parser, main
+from autosculpt.search.cli import latency as latency_cli
 from autosculpt.search.latency import LatencyStats, MeasurementError, Target, measure, measure_onnx
 from autosculpt.search.onnx_io import onnx_input_shape, to_onnx
+from autosculpt.search.study.anchors import can_anchor, nearest_anchor
 from autosculpt.space.unet import UNet, preset_config
 
 SHAPE = (1, 1, 32, 32)

@@ -8,7 +8,7 @@ import torch
 
 from autosculpt.search.data import Split, load_data
 from autosculpt.search.data._cardiac import FIELD_OF_VIEW_MM, SLICE_MM
-from autosculpt.search.metrics import per_volume, summary
+from autosculpt.search.training.metrics import per_volume, summary
 
 CLASSES = ("background", "RV", "LV")
 

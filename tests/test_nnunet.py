@@ -9,20 +9,19 @@ import pydoc
 import nibabel
 import numpy as np
 import onnxruntime
-
 import optuna
 import pytest
 import torch
 from conftest import FLOW, run_cli
-from PIL import Image
 from nnunet_fixtures import DATASET_JSON, PLAIN, RESENC, plans, write_raw_dataset, write_trained_folder
+from PIL import Image
 
 from autosculpt.errors import UserError
-from autosculpt.search.settings import Settings
-from autosculpt.search.study import study_data
 from autosculpt.search.data import NnunetPreprocessing
 from autosculpt.search.data._nnunet import labels_on_file_grid, prepare_case, preprocess_case, read_case
-from autosculpt.search.train import evaluate
+from autosculpt.search.study.settings import Settings
+from autosculpt.search.study.study import study_data
+from autosculpt.search.training.train import evaluate
 from autosculpt.space import (Recipe, SearchSpace, apply_recipe, is_nnunet_folder, layer_groups, load_nnunet_model,
                               model_digest, nnunet_fold, write_nnunet_folder)
 from autosculpt.space._nnunet import nnunet_stages

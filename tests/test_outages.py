@@ -14,25 +14,11 @@ import optuna
 import pytest
 from conftest import FLOW, postgres_database, run_cli
 from optuna.trial import TrialState
-from worker_fixtures import (
-    FAST_HEARTBEAT,
-    ONE_THREAD,
-    SMOKE,
-    TOKEN,
-    Background,
-    Outage,
-    Reader,
-    assert_exact_and_whole,
-    assert_one_line_errors,
-    drop_connections,
-    free_port,
-    needs_postgres,
-    study_created,
-    wait_for,
-    with_password,
-)
+from worker_fixtures import (FAST_HEARTBEAT, ONE_THREAD, SMOKE, TOKEN, Background, Outage, Reader,
+                             assert_exact_and_whole, assert_one_line_errors, drop_connections, free_port,
+                             needs_postgres, study_created, wait_for, with_password)
 
-from autosculpt.search.storage import RetryStaleTrial, _Storage
+from autosculpt.search.study.storage import RetryStaleTrial, _Storage
 
 # --- the database going away ------------------------------------------------------------
 

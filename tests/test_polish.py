@@ -6,9 +6,9 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
-from autosculpt.search.best import answer, finalists
-from autosculpt.search.polish import polish_epochs, rank_correlation
-from autosculpt.search.settings import POLISH_ATTR, SETTINGS_ATTR, Settings, with_preset
+from autosculpt.search.study.best import answer, finalists
+from autosculpt.search.study.polish import polish_epochs, rank_correlation
+from autosculpt.search.study.settings import POLISH_ATTR, SETTINGS_ATTR, Settings, with_preset
 
 
 def test_rank_correlation_is_spearman_or_none_where_it_means_nothing():

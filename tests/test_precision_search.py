@@ -12,13 +12,14 @@ from conftest import FLOW, run_cli
 from PIL import Image
 
 from autosculpt.errors import UserError
+from autosculpt.search.deploy.export import trial_network
+from autosculpt.search.latency import target_vnni
 from autosculpt.search.onnx_io import ort_labels
 from autosculpt.search.quantize import INT8_FILE, calibration_slices, int8_onnx, reduce_range_for
-from autosculpt.search.settings import Settings
-from autosculpt.search.export import trial_network
-from autosculpt.search.storage import open_storage
-from autosculpt.search.study import prepare, study_baseline
-from autosculpt.search.train import split_scores
+from autosculpt.search.study.settings import Settings
+from autosculpt.search.study.storage import open_storage
+from autosculpt.search.study.study import prepare, study_baseline
+from autosculpt.search.training.train import split_scores
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_int8_trials_are_measured_and_scored_as_int8(int8_study):
     # The trial's value is the quantized network's validation Dice, not the fp32 one's.
     net = trial_network(trial, context, url)
     deployed = int8_onnx(net, tuple(context.example.shape), calibration_slices(context.data.train.images),
-                         reduce_range_for(context.target))
+                         reduce_range_for(target_vnni(context.target)))
     val = context.data.val
     expected = split_scores(ort_labels(deployed, val.images), val, context.data.class_names).mean
     assert trial.value == pytest.approx(expected, abs=1e-6) == trial.user_attrs["dice"]

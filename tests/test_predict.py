@@ -13,9 +13,9 @@ from conftest import run_cli
 from PIL import Image
 
 from autosculpt.search.cli import main
+from autosculpt.search.deploy.card import measured_threads
+from autosculpt.search.deploy.predict import load_session, segment
 from autosculpt.search.onnx_io import to_onnx
-from autosculpt.search.card import measured_threads
-from autosculpt.search.predict import load_session, segment
 from autosculpt.space.unet import UNet, preset_config
 
 AFFINE = np.array([[0.0, -1.5, 0.0, 10.0], [1.2, 0.0, 0.0, -5.0], [0.0, 0.0, 8.0, 3.0], [0.0, 0.0, 0.0, 1.0]])

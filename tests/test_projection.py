@@ -8,11 +8,11 @@ import optuna
 import pytest
 import torch
 
-from autosculpt.search.export import no_feasible_message
+from autosculpt.search.deploy.export import no_feasible_message
+from autosculpt.search.deploy.verdict import Verdict, suggested_budget
 from autosculpt.search.latency import MAX_MEASUREMENTS, LatencyStats, Target, clear_of, measure, pooled
-from autosculpt.search.projection import (BAND, MAX_PROBES, CostModel, LatencyCache, LatencyModel, _width_for, chosen,
-                                          project)
-from autosculpt.search.verdict import Verdict, suggested_budget
+from autosculpt.search.study.projection import (BAND, MAX_PROBES, CostModel, LatencyCache, LatencyModel, _width_for,
+                                                chosen, project)
 from autosculpt.space import Recipe, UNet, channel_plan, layer_groups, preset_config
 
 FAST = Target(min_runs=10, max_seconds=0.2, min_seconds=0.1, warmup=2)

@@ -17,9 +17,9 @@ from conftest import FLOW, run_cli
 from onnx import numpy_helper
 
 from autosculpt.search.data import load_data
-from autosculpt.search.latency import cpu_model
+from autosculpt.search.latency import cpu_model, has_vnni
 from autosculpt.search.onnx_io import to_onnx
-from autosculpt.search.quantize import INT8_FILE, MIN_INT8_CHANNELS, calibration_slices, has_vnni, quantize_int8
+from autosculpt.search.quantize import INT8_FILE, MIN_INT8_CHANNELS, calibration_slices, quantize_int8
 from autosculpt.space import UNet, preset_config
 
 

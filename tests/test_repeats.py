@@ -8,10 +8,10 @@ import pytest
 from conftest import FLOW, run_cli
 from optuna.trial import TrialState, create_trial
 
-from autosculpt.search.progress import LiveView
-from autosculpt.search.quota import TrialQuota, is_repeat
-from autosculpt.search.settings import with_preset
-from autosculpt.search.trial import network_key, repeat
+from autosculpt.search.study.progress import LiveView
+from autosculpt.search.study.quota import TrialQuota, is_repeat
+from autosculpt.search.study.settings import with_preset
+from autosculpt.search.study.trial import network_key, repeat
 
 CHANNELS = {"enc1": 8, "dec1": 4}
 RECIPE = {"method": "prune", "importance": "l1"}

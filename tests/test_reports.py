@@ -21,9 +21,9 @@ from PIL import Image
 from plotly.offline import get_plotlyjs
 
 from autosculpt.reports import QualitativeSample, get_report_data, render_report, write_report
-from autosculpt.search.best import best_feasible
-from autosculpt.search.storage import masked
 from autosculpt.reports._samples import CLASS_COLOURS, sample_pngs
+from autosculpt.search.study.best import best_feasible
+from autosculpt.search.study.storage import masked
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CHROMIUM = shutil.which("chromium")

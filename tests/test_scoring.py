@@ -14,17 +14,17 @@ import torch.nn.functional as F
 from optuna.trial import TrialState
 
 from autosculpt.errors import UserError
-from autosculpt.search.best import best_feasible, best_within, ranked_within
 from autosculpt.search.cli import main
-from autosculpt.search.data import Split
+from autosculpt.search.data import Split, load_data
 from autosculpt.search.latency import Target
-from autosculpt.search.progress import LiveView
-from autosculpt.search.settings import Settings
-from autosculpt.search.trial import first_rung, make_pruner
-from autosculpt.search.data import load_data
-from autosculpt.search.train import (FINETUNE_LR_CAP, Schedule, class_weights, dice_counts, evaluate, finetune_lr,
-                                     finetune_schedule, random_patches, resolve_crop, resolve_device, scores_from_counts,
-                                     segmentation_loss, train, training_crop, trial_epoch_slices)
+from autosculpt.search.study.best import best_feasible, best_within, ranked_within
+from autosculpt.search.study.progress import LiveView
+from autosculpt.search.study.settings import Settings
+from autosculpt.search.study.trial import first_rung, make_pruner
+from autosculpt.search.training.train import (FINETUNE_LR_CAP, Schedule, class_weights, dice_counts, evaluate,
+                                              finetune_lr, finetune_schedule, random_patches, resolve_crop,
+                                              resolve_device, scores_from_counts, segmentation_loss, train,
+                                              training_crop, trial_epoch_slices)
 
 CLASSES = ("background", "organ", "lesion")
 

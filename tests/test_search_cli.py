@@ -17,11 +17,11 @@ import pytest
 from conftest import FLOW, run_cli
 from PIL import Image
 
-from autosculpt.search.best import finalists
 from autosculpt.search.data import load_data
-from autosculpt.search.quota import COUNTED, is_free
-from autosculpt.search.train import finetune_lr
-from autosculpt.search.verdict import EXIT_VERDICT_FAILED
+from autosculpt.search.deploy.verdict import EXIT_VERDICT_FAILED
+from autosculpt.search.study.best import finalists
+from autosculpt.search.study.quota import COUNTED, is_free
+from autosculpt.search.training.train import finetune_lr
 
 SMOKE = ("--preset", "smoke")
 

@@ -8,15 +8,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from autosculpt.search.anchors import ANCHOR_KEEPS, anchor_onnx
 from autosculpt.errors import UserError
-from autosculpt.search.baseline import baseline_key, build_model
+from autosculpt.reports import get_report_data, render_report
 from autosculpt.search.cache import write_atomically
 from autosculpt.search.data import load_data
 from autosculpt.search.latency import machine_reference
-from autosculpt.search.settings import with_preset
-from autosculpt.search.study import create_study, prepare, study_baseline
-from autosculpt.reports import get_report_data, render_report
+from autosculpt.search.study.anchors import ANCHOR_KEEPS, anchor_onnx
+from autosculpt.search.study.settings import with_preset
+from autosculpt.search.study.study import create_study, prepare, study_baseline
+from autosculpt.search.training.baseline import baseline_key, build_model
 
 
 def test_workers_use_the_study_baseline_not_their_own_cache(tmp_path):

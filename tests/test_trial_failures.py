@@ -8,9 +8,9 @@ import optuna
 import torch
 from conftest import FLOW, run_cli
 
-from autosculpt.search.runner import MAX_FAILURES_IN_A_ROW, run_worker
-from autosculpt.search.settings import with_preset
-from autosculpt.search.study import create_study, prepare
+from autosculpt.search.study.runner import MAX_FAILURES_IN_A_ROW, run_worker
+from autosculpt.search.study.settings import with_preset
+from autosculpt.search.study.study import create_study, prepare
 
 
 def test_a_diverging_fine_tune_fails_its_trial_and_the_worker_goes_on(tmp_path, capsys):

@@ -34,7 +34,8 @@ from autosculpt.space import (
     survey_groups,
 )
 from autosculpt.space import _tp_patch
-from autosculpt.space._prune import _graph, _named_groups, prune_in_place
+from autosculpt.space._graph import dependency_graph
+from autosculpt.space._prune import _named_groups, prune_in_place
 from autosculpt.space._usermodel import first_output
 
 CLASSES = 4
@@ -176,7 +177,7 @@ def masked_copy(model: nn.Module, kept: dict[str, list[int]], x: torch.Tensor) -
     them. This generalises tests/test_prune.py's masked_copy beyond our U-Net.
     """
     masked = copy.deepcopy(model)
-    graph = _graph(masked, x)
+    graph = dependency_graph(masked, x)
     zeroed: dict[nn.Module, set[int]] = {}
     for name, root, group in _named_groups(graph):
         removed = sorted(set(range(graph.get_out_channels(root))) - set(kept.get(name, range(10**6))))

@@ -19,23 +19,11 @@ import pytest
 from conftest import FLOW, postgres_database, run_cli
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
-from worker_fixtures import (
-    FAST_HEARTBEAT,
-    GRACE_S,
-    ONE_THREAD,
-    PASSWORD,
-    SMOKE,
-    Background,
-    Reader,
-    assert_exact_and_whole,
-    assert_one_line_errors,
-    needs_postgres,
-    study_created,
-    wait_for,
-    with_password,
-)
+from worker_fixtures import (FAST_HEARTBEAT, GRACE_S, ONE_THREAD, PASSWORD, SMOKE, Background, Reader,
+                             assert_exact_and_whole, assert_one_line_errors, needs_postgres, study_created, wait_for,
+                             with_password)
 
-from autosculpt.search.quota import COUNTED, is_surplus
+from autosculpt.search.study.quota import COUNTED, is_surplus
 
 # --- several workers, exact counts ----------------------------------------------------
 

@@ -21,7 +21,7 @@ from conftest import POSTGRES_ENV
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
-from autosculpt.search.quota import COUNTED, counting
+from autosculpt.search.study.quota import COUNTED, counting
 
 SMOKE = ("--preset", "smoke", "--budget-ms", "50")  # every candidate is within 50 ms: all are fine-tuned
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

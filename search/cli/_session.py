@@ -12,10 +12,10 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..runner import run_worker
-from ..storage import masked
-from ..best import answer, finalists
-from ..study import Context, open_existing, prepare, study_baseline
+from ..study.best import answer, finalists
+from ..study.runner import run_worker
+from ..study.storage import masked
+from ..study.study import Context, open_existing, prepare, study_baseline
 
 console = Console(stderr=True, highlight=False)
 
@@ -74,9 +74,9 @@ def finish_study(name: str, url: str, out: str | None) -> int:
     EXIT_VERDICT_FAILED when it was written but misses either, 1 when nothing was within
     budget. Finalists this study polished already are not polished again.
     """
-    from ..export import export_trial, no_feasible_message, trial_network
-    from ..verdict import EXIT_VERDICT_FAILED
     from ...reports import write_report
+    from ..deploy.export import export_trial, no_feasible_message, trial_network
+    from ..deploy.verdict import EXIT_VERDICT_FAILED
 
     study, settings = open_existing(name, url)
     folder = Path(out or Path("exports") / name)
@@ -101,7 +101,7 @@ def finish_study(name: str, url: str, out: str | None) -> int:
 
 def _polish(study, trials, network, context: Context, url: str) -> None:
     """The finalists' polish with a progress bar per finalist and variant; one line per finalist and the winner."""
-    from ..polish import polish_finalists
+    from ..study.polish import polish_finalists
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
                TextColumn("val Dice {task.fields[dice]:.3f}"), TimeElapsedColumn())

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from ..agent import MAX_ELEMENTS, MAX_MEMORY_MB, serve
 from ...errors import UserError
 from ..latency import TOKEN_ENV
+from ..servers.agent import MAX_ELEMENTS, MAX_MEMORY_MB, serve
 from ._common import add_command
 
 EXAMPLES = [

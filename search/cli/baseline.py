@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..baseline import get_baseline
 from ..data import load_data
+from ..training.baseline import get_baseline
 from ._common import add_command, print_rows
 
 EXAMPLES = [

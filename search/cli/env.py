@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..storage import masked, storage_url
-from ..study import environment
+from ..study.storage import masked, storage_url
+from ..study.study import environment
 from ._common import add_command, add_storage_option, print_rows
 
 EXAMPLES = ["autosculpt env", "autosculpt env --format json"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import UserError
-from ..export import export_trial, no_feasible_message
+from ..deploy.export import export_trial, no_feasible_message
+from ..deploy.verdict import EXIT_VERDICT_FAILED
 from ..quantize import INT8_FILE
-from ..settings import PRECISIONS
-from ..storage import storage_url
-from ..best import answer
-from ..study import open_existing
-from ..verdict import EXIT_VERDICT_FAILED
+from ..study.best import answer
+from ..study.settings import PRECISIONS
+from ..study.storage import storage_url
+from ..study.study import open_existing
 from ._common import add_command, add_storage_option
 
 EXAMPLES = [

@@ -1,7 +1,7 @@
 """``autosculpt latency``: the CPU latency of a preset (optionally pruned) or an exported model.
 
 Locally in ONNX Runtime the model is timed in the same rounds as the nearest of this
-machine's anchor networks (see :mod:`~autosculpt.search.anchors`), so back-to-back runs
+machine's anchor networks (see :mod:`~autosculpt.search.study.anchors`), so back-to-back runs
 agree although the machine's speed drifts, and agree with the figures of the studies on
 this machine; ``--alone`` times it by itself. The figure pools MEASUREMENTS measurements
 (the median of their figures).
@@ -14,10 +14,10 @@ from datetime import datetime
 from pathlib import Path
 
 from ...errors import UserError
-from ..anchors import can_anchor, nearest_anchor
 from ..latency import Reference, Target, measure, measure_onnx, pooled
 from ..onnx_io import to_onnx
-from ..train import resolve_device
+from ..study.anchors import can_anchor, nearest_anchor
+from ..training.train import resolve_device
 from ._common import add_command, print_rows
 
 MEASUREMENTS = 3  # pooled (their medians): one window in a slow state of the machine does not move the figure
@@ -97,8 +97,8 @@ def _caption(calibration: dict | None) -> str:
 
 def _folder_model(folder: Path, args) -> tuple[bytes, tuple[int, ...]]:
     """An exported model: the file its model card deploys (model.onnx without a card) at its own fixed input shape."""
+    from ..deploy.card import deployed_file
     from ..onnx_io import onnx_input_shape
-    from ..card import deployed_file
 
     path = folder / deployed_file(folder)
     if not path.is_file():

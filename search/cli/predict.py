@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..card import deployed_file
-from ..predict import predict_files
+from ..deploy.card import deployed_file
+from ..deploy.predict import predict_files
 from ._common import add_command
 
 EXAMPLES = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...reports import write_report
-from ..storage import load_study, masked, open_storage, storage_url
+from ..study.storage import load_study, masked, open_storage, storage_url
 from ._common import add_command, add_storage_option
 
 EXAMPLES = [

@@ -6,11 +6,11 @@ import time
 from dataclasses import fields, replace
 
 from ...errors import UserError
-from ..settings import SETTINGS_ATTR, Settings
-from ..best import ranked_within
-from ..quota import TrialQuota
-from ..storage import storage_url
-from ..study import open_existing, prepare, study_baseline
+from ..study.best import ranked_within
+from ..study.quota import TrialQuota
+from ..study.settings import SETTINGS_ATTR, Settings
+from ..study.storage import storage_url
+from ..study.study import open_existing, prepare, study_baseline
 from ._common import add_command, add_search_options, add_storage_option
 from ._session import console, finish_study, run_workers
 from .search import VERDICT_HELP, settings_given, storage_flag

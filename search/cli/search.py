@@ -12,11 +12,11 @@ from ...errors import UserError
 from ...space import SearchSpace, is_nnunet_folder, nnunet_fold
 from ...units import ms
 from ..data import suggested_image_size
+from ..deploy.verdict import EXIT_VERDICT_FAILED
 from ..latency import Target, agent_info
-from ..settings import AUTO_SPACE, PRESETS, WIDTH_FLOOR_ATTR, with_preset
-from ..storage import masked, open_storage, storage_url
-from ..study import create_study, prepare
-from ..verdict import EXIT_VERDICT_FAILED
+from ..study.settings import AUTO_SPACE, PRESETS, WIDTH_FLOOR_ATTR, with_preset
+from ..study.storage import masked, open_storage, storage_url
+from ..study.study import create_study, prepare
 from ._common import add_command, add_search_options, add_storage_option
 from ._session import finish_study, run_workers
 

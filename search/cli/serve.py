@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import UserError
-from ..serve import ReportServer
+from ..servers.serve import ReportServer
 from ._common import add_command
 
 EXAMPLES = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from ..storage import open_storage, storage_url
+from ..study.storage import open_storage, storage_url
 from ._common import add_command, add_storage_option, print_rows
 
 EXAMPLES = ["autosculpt studies", "autosculpt studies --storage postgresql://autosculpt@db/autosculpt --format json"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..storage import storage_url
-from ..study import open_existing
+from ..study.storage import storage_url
+from ..study.study import open_existing
 from ._common import add_command, add_storage_option, print_rows
 
 EXAMPLES = ["autosculpt trials unet-20ms-20261125-011200", "autosculpt trials paper-5ms --format csv > trials.csv"]

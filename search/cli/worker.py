@@ -6,9 +6,9 @@ import random
 import sys
 
 from ...errors import UserError
-from ..runner import run_worker, wait_for_storage
-from ..storage import STORAGE_PATIENCE_SECONDS, is_storage_failure, storage_url
-from ..study import open_existing, prepare, study_baseline
+from ..study.runner import run_worker, wait_for_storage
+from ..study.storage import STORAGE_PATIENCE_SECONDS, is_storage_failure, storage_url
+from ..study.study import open_existing, prepare, study_baseline
 from ._common import add_command, add_storage_option
 
 EXAMPLES = [

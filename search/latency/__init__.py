@@ -4,7 +4,7 @@
 ONNX Runtime, a ``torch.export`` program for eager PyTorch) and hands it to the
 :class:`Meter` of its :class:`Target`: :class:`LocalMeter` times it in a fresh worker
 process on this machine (:mod:`._worker`), the remote meter sends it to an
-``autosculpt agent`` (:mod:`autosculpt.search.agent`). :class:`Meter` states the
+``autosculpt agent`` (:mod:`autosculpt.search.servers.agent`). :class:`Meter` states the
 contract both keep: which clock, what isolation, which errors.
 
 The figure is the median of the runs in the undisturbed half of the rounds (those with
@@ -28,10 +28,10 @@ from ._calibration import machine_reference
 from ._meter import LocalMeter, Meter, measure, measure_onnx, meter_for
 from ._remote import agent_info
 from ._types import (MAX_MEASUREMENTS, TOKEN_ENV, LatencyStats, MeasurementError, Reference, Target, TargetUnavailable,
-                     batched, clear_of, cpu_model, package_version, pooled)
+                     batched, clear_of, cpu_model, has_vnni, package_version, pooled, target_vnni)
 
 __all__ = [
     "MAX_MEASUREMENTS", "TOKEN_ENV", "LatencyStats", "LocalMeter", "MeasurementError", "Meter", "Reference", "Target",
-    "TargetUnavailable", "agent_info", "batched", "clear_of", "cpu_model", "machine_reference", "measure", "measure_onnx", "meter_for",
-    "package_version", "pooled",
+    "TargetUnavailable", "agent_info", "batched", "clear_of", "cpu_model", "has_vnni", "machine_reference", "measure", "measure_onnx", "meter_for",
+    "package_version", "pooled", "target_vnni",
 ]

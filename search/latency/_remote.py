@@ -1,5 +1,5 @@
 """The remote implementation of :class:`Meter`: an ``autosculpt agent`` on the target machine
-(:mod:`autosculpt.search.agent`) times the ONNX model alone and answers its figures."""
+(:mod:`autosculpt.search.servers.agent`) times the ONNX model alone and answers its figures."""
 
 from __future__ import annotations
 

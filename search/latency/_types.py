@@ -190,3 +190,26 @@ def batched(input_shape, batch: int) -> tuple[int, ...]:
     if len(shape) < 2 or min(shape) < 1:
         raise UserError(f"input shape {shape} needs a batch and positive sizes, e.g. (1, 1, 96, 96)")
     return (batch, *shape[1:])
+
+
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")  # the CPU flags of VNNI (8-bit dot products)
+
+
+def has_vnni(cpuinfo: str | None = None) -> bool | None:
+    """Whether the CPU has VNNI (flag ``avx512_vnni`` or ``avx_vnni``) in ``cpuinfo``, the
+    text of /proc/cpuinfo (read when None); None when there is no flags line to read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = [line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")]
+    if not flags:
+        return None
+    return any(flag in VNNI_FLAGS for flag in flags[0])
+
+
+def target_vnni(target: Target) -> bool | None:
+    """Whether ``target``'s CPU has VNNI: this machine's flags (:func:`has_vnni`), None for a
+    remote target, whose flags are unknown."""
+    return None if target.url else has_vnni()

@@ -43,8 +43,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import UserError
-from .latency import TOKEN_ENV, LocalMeter, Target, batched, cpu_model, package_version
+from ...errors import UserError
+from ..latency import TOKEN_ENV, LocalMeter, Target, batched, cpu_model, package_version
 
 MAX_RUNS = 10_000
 MAX_SECONDS = 60.0

@@ -20,7 +20,7 @@ from optuna.storages._rdb import models
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from ..errors import UserError
+from ...errors import UserError
 
 _CREDENTIALS = re.compile(r"(//[^/@:\s]*:)[^/\s]*@")  # the password of //user:password@host, up to its last @
 

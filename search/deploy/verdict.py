@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import optuna
 from optuna.trial import TrialState
 
-from ..units import ms
+from ...units import ms
 
 EXIT_VERDICT_FAILED = 3  # the model was written, but misses the budget or the allowed Dice loss
 

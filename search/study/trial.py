@@ -3,7 +3,7 @@
 :class:`TrialRunner` is the objective every worker hands ``study.optimize``: it claims
 the trial from the study's :class:`~.quota.TrialQuota`, samples a shape from the space,
 projects it onto the budget (:mod:`.projection`: measured on the target through
-:mod:`.latency`, cached in the storage), fine-tunes it while the study's pruner lets it
+:mod:`..latency`, cached in the storage), fine-tunes it while the study's pruner lets it
 (:func:`make_pruner`), and stores its figures and weights (:mod:`.weights`).
 """
 
@@ -16,16 +16,16 @@ from functools import partial
 import optuna
 import torch
 
-from ..space import Figures, Recipe, apply_recipe, channel_plan, figures
-from .latency import LatencyStats, TargetUnavailable, batched, clear_of, measure, measure_onnx
-from .onnx_io import ort_labels
+from ...space import Figures, Recipe, apply_recipe, channel_plan, figures
+from ..latency import LatencyStats, TargetUnavailable, batched, clear_of, measure, measure_onnx, target_vnni
+from ..onnx_io import ort_labels
+from ..quantize import calibration_slices, int8_onnx, reduce_range_for
+from ..training.train import Scores, evaluate, split_scores, train
 from .projection import CostModel, LatencyCache, LatencyModel, chosen, project
-from .quantize import calibration_slices, int8_onnx, reduce_range_for
 from .quota import COUNTED, REPEAT_ATTR, SurplusTrial, TrialQuota
 from .settings import Settings
 from .storage import artifact_store, is_storage_failure
 from .study import Context, study_reference
-from .train import Scores, evaluate, split_scores, train
 from .weights import upload_state_dict
 
 # What a repeat takes from the trial that fine-tuned its network (besides the value).
@@ -48,7 +48,7 @@ class TrialRunner:
 
     With several of the study's ``precisions`` the precision is sampled too (parameter
     ``precision``). An INT8 trial is measured as the deployed INT8 model (quantized with
-    :mod:`.quantize`, its own latency model and cache entries), fine-tuned in fp32 and
+    :mod:`..quantize`, its own latency model and cache entries), fine-tuned in fp32 and
     scored after quantization: its value and ``dice`` are the INT8 model's validation
     Dice, ``dice_fp32`` the network's before quantization; quantizing and scoring count
     in ``time_eval_s``.
@@ -77,7 +77,7 @@ class TrialRunner:
                                   None if self.reference is None else self.reference.median_ms)
         self.cost = CostModel(context.baseline.model, context.example, context.groups)
         self.calibration = calibration_slices(context.data.train.images)
-        self.reduce_range = reduce_range_for(context.target)
+        self.reduce_range = reduce_range_for(target_vnni(context.target))
 
     def __call__(self, trial: optuna.Trial) -> float:
         """The trial's validation Dice. A failure of this one candidate (it cannot be measured,

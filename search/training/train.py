@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
-from ..space import count_parameters
-from .data import SegmentationData, Split
+from ...errors import UserError
+from ...space import count_parameters
+from ..data import SegmentationData, Split
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -12,8 +12,8 @@ from typing import TypeVar
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..errors import UserError
-from .latency import TargetUnavailable
+from ...errors import UserError
+from ..latency import TargetUnavailable
 from .progress import LiveView
 from .quota import SurplusTrial, TrialQuota, is_surplus
 from .settings import Settings

@@ -22,9 +22,9 @@ from functools import lru_cache
 
 import torch
 
-from ..space import Recipe, UNet, apply_recipe, preset_config
-from .latency import Reference, Target, machine_reference, measure_onnx
-from .onnx_io import to_onnx
+from ...space import Recipe, UNet, apply_recipe, preset_config
+from ..latency import Reference, Target, machine_reference, measure_onnx
+from ..onnx_io import to_onnx
 
 ANCHOR_KEEPS = (0.25, 1.0)
 ANCHOR_CLASSES = 4

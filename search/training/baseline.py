@@ -4,7 +4,7 @@ The cache key is (model, weights file, data fingerprint, seed, epochs, torch ver
 the training crop where there is one); the
 cache holds a state dict (written atomically, loaded with ``weights_only=True``), never a
 pickled module. A study stores its baseline's state dict as an artifact when it is
-created (:func:`autosculpt.search.study.create_study`): its workers and its export use
+created (:func:`autosculpt.search.study.study.create_study`): its workers and its export use
 that one (:func:`from_state`), whatever their own caches hold.
 """
 
@@ -20,11 +20,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from ..errors import UserError
-from ..space import (PRESETS, UNet, is_nnunet_folder, load_nnunet_model, load_user_model, load_weights, model_digest,
-                     nnunet_fold, preset_config)
-from .cache import cache_dir, write_atomically
-from .data import SegmentationData
+from ...errors import UserError
+from ...space import (PRESETS, UNet, is_nnunet_folder, load_nnunet_model, load_user_model, load_weights, model_digest,
+                      nnunet_fold, preset_config)
+from ..cache import cache_dir, write_atomically
+from ..data import SegmentationData
 from .train import Schedule, Scores, evaluate, train
 
 # Epochs that take each preset's baseline to a mean foreground Dice of 0.9+ on the

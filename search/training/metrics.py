@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .data import Split
+from ..data import Split
 from .train import dice_counts, scores_from_counts
 
 

@@ -21,18 +21,19 @@ import optuna
 import torch
 import torch_pruning
 
-from ..errors import UserError
-from ..space import (Depth, Figures, GroupSurvey, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan, depth_of,
-                     figures, is_nnunet_folder, model_digest, nnunet_fold, survey_groups, warm_start)
-from .baseline import Baseline, build_model, example_input, from_state, get_baseline
-from .data import NnunetPreprocessing, SegmentationData, load_data
+from ...errors import UserError
+from ...space import (Depth, Figures, GroupSurvey, LayerGroup, Recipe, SearchSpace, apply_recipe, channel_plan,
+                      depth_of, figures, is_nnunet_folder, model_digest, nnunet_fold, survey_groups, warm_start)
+from ..data import NnunetPreprocessing, SegmentationData, load_data
+from ..latency import LatencyStats, Reference, Target, cpu_model, measure, measure_onnx, pooled
+from ..onnx_io import to_onnx
+from ..training.baseline import Baseline, build_model, example_input, from_state, get_baseline
+from ..training.train import (Schedule, finetune_schedule, resolve_crop, resolve_device, teacher_logits,
+                              trial_epoch_slices)
 from .anchors import can_anchor, nearest_anchor
-from .latency import LatencyStats, Reference, Target, cpu_model, measure, measure_onnx, pooled
-from .onnx_io import to_onnx
 from .projection import CostModel, LatencyCache
 from .settings import AUTO_SPACE, DEPTH_SPACE, KEPT_WHOLE_ATTR, SETTINGS_ATTR, WIDTH_FLOOR_ATTR, Settings
 from .storage import artifact_store, load_study, open_storage
-from .train import Schedule, finetune_schedule, resolve_crop, resolve_device, teacher_logits, trial_epoch_slices
 from .weights import download_state_dict, upload_state_dict
 
 REFERENCE_ATTR = "latency_reference"

@@ -31,11 +31,11 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..errors import UserError
+from ...errors import UserError
+from ..data import (IMAGE_SUFFIXES, VOLUME_SUFFIXES, NnunetPreprocessing, channel_of, fit, group_channels,
+                    image_channels, image_tile, is_volume, labels_on_file_grid, load_nifti, normalise, overlay_tile,
+                    prepare_case, read_image, scaled_size, volume_name)
 from .card import deployed_file, measured_threads, read_card
-from .data import (IMAGE_SUFFIXES, VOLUME_SUFFIXES, NnunetPreprocessing, channel_of, fit, group_channels, image_channels,
-                   image_tile, is_volume, labels_on_file_grid, load_nifti, normalise, overlay_tile, prepare_case,
-                   read_image, scaled_size, volume_name)
 
 
 def load_session(model_dir: Path) -> onnxruntime.InferenceSession:

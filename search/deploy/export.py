@@ -6,7 +6,7 @@ is unpickled. Export checks ONNX Runtime against PyTorch, re-measures latency on
 target with the trials' harness (the study's reference, several pooled measurements,
 nothing else of this process running meanwhile) and judges the model (:mod:`.verdict`).
 With ``precision="int8"`` (and always for a trial the search ran in INT8) it also writes
-``model.int8.onnx`` (:mod:`.quantize`), scored and measured the same way. ``model.onnx``
+``model.int8.onnx`` (:mod:`..quantize`), scored and measured the same way. ``model.onnx``
 stays the fp32 model; the card's ``deploy`` names the file to deploy (INT8 when the search
 chose it, or when it measured faster than fp32), ``precision`` its precision, and the
 verdict judges that file.
@@ -24,23 +24,23 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from ..errors import UserError
-from ..space import Recipe, figures, is_nnunet_folder, nnunet_fold, rebuild, write_nnunet_folder
-from ..units import ms
+from ...errors import UserError
+from ...space import Recipe, figures, is_nnunet_folder, nnunet_fold, rebuild, write_nnunet_folder
+from ...units import ms
+from ..data import SegmentationData
+from ..latency import LatencyStats, measure_onnx, pooled, target_vnni
+from ..onnx_io import ort_labels, to_onnx
+from ..quantize import INT8_FILE, Int8Model, calibration_slices, quantize_int8, reduce_range_for
+from ..study.polish import polish_record, polished_weights
+from ..study.settings import PRECISIONS, Settings
+from ..study.storage import artifact_store
+from ..study.study import Context, environment, nnunet_preprocessing, prepare, study_baseline, study_reference
+from ..study.weights import download_state_dict
+from ..training.metrics import per_volume, summary
+from ..training.train import Scores, dice_counts, predict, scores_from_counts, split_scores
 from .card import ONNX_FILE, write_card
-from .data import SegmentationData
-from .latency import LatencyStats, measure_onnx, pooled
-from .metrics import per_volume, summary
-from .onnx_io import ort_labels, to_onnx
-from .polish import polish_record, polished_weights
-from .quantize import INT8_FILE, Int8Model, calibration_slices, quantize_int8, reduce_range_for, target_vnni
 from .samples import QualitativeSample
-from .settings import PRECISIONS, Settings
-from .storage import artifact_store
-from .study import Context, environment, nnunet_preprocessing, prepare, study_baseline, study_reference
-from .train import Scores, dice_counts, predict, scores_from_counts, split_scores
 from .verdict import Verdict, suggested_budget, trade_off
-from .weights import download_state_dict
 
 SAMPLE_COUNT = 4
 EXPORT_MEASUREMENTS = 3  # pooled for the verdict
@@ -165,7 +165,7 @@ def _scored(file: str, onnx_bytes: bytes, study: optuna.Study, context: Context,
 def _int8_model(fp32_bytes: bytes, study: optuna.Study, context: Context, folder: Path) -> tuple[Int8Model, _Scored]:
     """Quantize the fp32 model (:func:`~.quantize.quantize_int8`, on training slices), write
     ``folder/model.int8.onnx``, score and re-measure it."""
-    model = quantize_int8(fp32_bytes, calibration_slices(context.data.train.images), reduce_range_for(context.target))
+    model = quantize_int8(fp32_bytes, calibration_slices(context.data.train.images), reduce_range_for(target_vnni(context.target)))
     return model, _scored(INT8_FILE, model.onnx, study, context, folder, "int8")
 
 
@@ -201,7 +201,7 @@ def _max_difference(net: torch.nn.Module, onnx_bytes: bytes, images: torch.Tenso
 
 
 def _per_volume(context: Context, net_pred: torch.Tensor, base_pred: torch.Tensor) -> dict:
-    """Dice and HD95 per test volume for both models, their means and stds (:mod:`.metrics`)."""
+    """Dice and HD95 per test volume for both models, their means and stds (:mod:`..training.metrics`)."""
     data = context.data
     exported = per_volume(net_pred, data.test, data.class_names)
     baseline = per_volume(base_pred, data.test, data.class_names)

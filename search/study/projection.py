@@ -22,8 +22,8 @@ import optuna
 import torch
 from torch import nn
 
-from ..space import LayerGroup
-from .latency import LatencyStats
+from ...space import LayerGroup
+from ..latency import LatencyStats
 
 CACHE_PREFIX = "latency:"
 BAND = 0.8  # a projection is done once a network measures within 80-100 % of the goal

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from ..space import SearchSpace, model_digest
-from ..errors import UserError
-from .latency import Target
+from ...errors import UserError
+from ...space import SearchSpace, model_digest
+from ..latency import Target
 
-PRECISIONS = ("fp32", "int8")  # deployed precisions: fp32 ONNX, or INT8 QDQ ONNX (:mod:`.quantize`)
+PRECISIONS = ("fp32", "int8")  # deployed precisions: fp32 ONNX, or INT8 QDQ ONNX (:mod:`..quantize`)
 
 SETTINGS_ATTR = "settings"
 WIDTH_FLOOR_ATTR = "width_floor_ms"  # the narrowest width-only network's latency, where measured (:mod:`.study`)
@@ -42,11 +42,11 @@ class Settings:
     "int8"): with several, the precision is a search dimension and an INT8 candidate is
     measured, projected and scored as INT8 (ONNX Runtime targets only).
     ``balance_classes``: fine-tunes (trials and the polish) weigh the cross-entropy
-    against class imbalance (:func:`autosculpt.search.train.finetune_schedule`); a
+    against class imbalance (:func:`autosculpt.search.training.train.finetune_schedule`); a
     study stored without it predates that and keeps fine-tuning unweighted on resume.
     ``crop``: the side of the random patches the baseline and fine-tunes train on (scoring
     is on whole slices); None chooses by the slices' size
-    (:func:`autosculpt.search.train.training_crop`), 0 trains on whole slices.
+    (:func:`autosculpt.search.training.train.training_crop`), 0 trains on whole slices.
     ``epoch_slices``: how many training slices a trial's fine-tune epoch draws at most (None
     or 0: all; the polish always takes all).
     """

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ..units import ms
+from ...units import ms
 from .best import best_within, within_budget
 from .quota import COUNTED, counting, is_repeat
 

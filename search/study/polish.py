@@ -29,11 +29,11 @@ import torch
 from optuna.trial import FrozenTrial
 from scipy.stats import spearmanr
 
+from ..training.train import evaluate, teacher_logits, train
 from .settings import POLISH_ATTR, Settings
 from .storage import artifact_store
 from .study import Context
 from .weights import upload_state_dict
-from .train import evaluate, teacher_logits, train
 
 # A polish lasts ``Settings.polish`` epochs (two trials' schedules) for networks with up to 100x
 # fewer parameters than the baseline, (log10(ratio) - 1) times as long past that, at most
