@@ -157,7 +157,7 @@ def test_a_budget_below_every_network_is_told_in_one_line_with_the_fastest_and_a
     for latency in (1.4, 0.9):
         study.add_trial(optuna.trial.create_trial(value=0.3, user_attrs={"latency_ms": latency, "feasible": False}))
     message = no_feasible_message(study, 0.8508294918)
-    assert message == ("no fine-tuned trial within 0.851 ms: the fastest, trial 1, took 0.90 ms. "
+    assert message == ("no fine-tuned trial within 0.851 ms: the fastest, trial 1, took 0.9 ms. "
                        f"Search with a larger budget: autosculpt search --budget-ms {suggested_budget(0.9):g}")
     assert no_feasible_message(optuna.create_study(study_name="new"), 1.0).startswith("no trial of 'new' was measured")
 

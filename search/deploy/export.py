@@ -239,5 +239,5 @@ def no_feasible_message(study: optuna.Study, budget_ms: float) -> str:
         return f"no trial of {study.study_name!r} was measured yet: run autosculpt resume {study.study_name}"
     fastest = min(measured, key=lambda t: t.user_attrs["latency_ms"])
     latency = fastest.user_attrs["latency_ms"]
-    return (f"no fine-tuned trial within {ms(budget_ms)}: the fastest, trial {fastest.number}, took {latency:.2f} ms. "
+    return (f"no fine-tuned trial within {ms(budget_ms)}: the fastest, trial {fastest.number}, took {ms(latency)}. "
             f"Search with a larger budget: autosculpt search --budget-ms {suggested_budget(latency):g}")
