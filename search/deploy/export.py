@@ -40,7 +40,7 @@ from ..training.metrics import per_volume, summary
 from ..training.train import Scores, dice_counts, predict, scores_from_counts, split_scores
 from .card import ONNX_FILE, write_card
 from .samples import QualitativeSample
-from .verdict import Verdict, suggested_budget, trade_off
+from .verdict import Verdict, fastest_and_command, trade_off
 
 SAMPLE_COUNT = 4
 EXPORT_MEASUREMENTS = 3  # pooled for the verdict
@@ -237,7 +237,6 @@ def no_feasible_message(study: optuna.Study, budget_ms: float) -> str:
     measured = [t for t in study.get_trials(deepcopy=False) if "latency_ms" in t.user_attrs]
     if not measured:
         return f"no trial of {study.study_name!r} was measured yet: run autosculpt resume {study.study_name}"
-    fastest = min(measured, key=lambda t: t.user_attrs["latency_ms"])
-    latency = fastest.user_attrs["latency_ms"]
-    return (f"no fine-tuned trial within {ms(budget_ms)}: the fastest, trial {fastest.number}, took {ms(latency)}. "
-            f"Search with a larger budget: autosculpt search --budget-ms {suggested_budget(latency):g}")
+    fastest, command = fastest_and_command(measured)
+    return (f"no fine-tuned trial within {ms(budget_ms)}: the fastest, trial {fastest.number}, took "
+            f"{ms(fastest.user_attrs['latency_ms'])}. Search with a larger budget: {command}")

@@ -73,10 +73,15 @@ def trade_off(study: optuna.Study, budget_ms: float, baseline_dice: float, max_d
     good = [t for t in tuned if t.values[0] >= baseline_dice * (1 - max_dice_loss_pct / 100)]
     if not good:
         return f"{text}; no trial kept the allowed Dice: try more --trials or --epochs."
-    fastest = min(good, key=lambda t: t.user_attrs["latency_ms"])
-    latency = fastest.user_attrs["latency_ms"]
-    return (f"{text}; {ms(latency)} kept {fastest.values[0]:.3f}: "
-            f"autosculpt search --budget-ms {suggested_budget(latency):g}")
+    fastest, command = fastest_and_command(good)
+    return f"{text}; {ms(fastest.user_attrs['latency_ms'])} kept {fastest.values[0]:.3f}: {command}"
+
+
+def fastest_and_command(trials: list[optuna.trial.FrozenTrial]) -> tuple[optuna.trial.FrozenTrial, str]:
+    """The fastest of ``trials`` (each stores ``latency_ms``; at least one) and the search
+    command whose budget it meets (:func:`suggested_budget`)."""
+    fastest = min(trials, key=lambda t: t.user_attrs["latency_ms"])
+    return fastest, f"autosculpt search --budget-ms {suggested_budget(fastest.user_attrs['latency_ms']):g}"
 
 
 def suggested_budget(latency_ms: float) -> float:
