@@ -6,7 +6,7 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
-from autosculpt.search.study.best import answer, finalists
+from autosculpt.search.study.best import UNSETTLED_FINALISTS, answer, finalist_count, finalists
 from autosculpt.search.study.polish import polish_epochs, rank_correlation
 from autosculpt.search.study.settings import POLISH_ATTR, SETTINGS_ATTR, Settings, with_preset
 
@@ -36,6 +36,16 @@ def test_the_answer_is_the_polish_winner_while_it_is_within_the_budget():
     study.set_user_attr(POLISH_ATTR, {"trial": 0, "dice_after": 0.97})
     assert answer(study).number == 0
     assert answer(study, budget_ms=1.6).number == 1  # the winner is over a tighter budget: the best within it
+
+
+def test_more_finalists_are_polished_when_the_trials_have_not_settled_unless_the_user_says():
+    study = study_of({0: (0.90, 1.9), 1: (0.95, 1.5), 2: (0.99, 3.0)})
+    study.set_user_attr("baseline", {"dice": 0.96})
+    assert finalist_count(study, Settings(budget_ms=2.0)) == 1  # the best within budget is 1 % below the baseline
+    study.set_user_attr("baseline", {"dice": 1.01})
+    assert finalist_count(study, Settings(budget_ms=2.0)) == UNSETTLED_FINALISTS  # 5.9 % below: not settled
+    assert finalist_count(study, Settings(budget_ms=2.0, finalists=2)) == 2
+    assert finalist_count(study_of({0: (0.5, 3.0)}), Settings(budget_ms=2.0)) == 1  # nothing within budget, no baseline
 
 
 def test_tiny_networks_polish_longer_unless_the_user_says():

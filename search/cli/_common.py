@@ -70,7 +70,8 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polish-epochs", type=int, metavar="N", help="epochs of each finalist's polish (default 2 x --epochs, up to 3 times that for "
                         "networks over 100x smaller; 0: none)")
     parser.add_argument("--finalists", type=int, metavar="K", help="polish the K best trials within budget and keep the best "
-                        "after its polish (default 1: each costs one polish; 3 or more also measure how well trial scores rank them)")
+                        "after its polish (default 1, or 5 when the best trial scores over 5 %% below the baseline: its short "
+                        "fine-tune has not settled; each costs one polish; 3 or more also measure how well trial scores rank them)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the data, baseline and samplers (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
                         help="where to train the baseline, fine-tunes and polish (default auto: a CUDA GPU if there is "

@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..study.best import answer, finalists
+from ..study.best import UNSETTLED_LOSS, answer, finalist_count, finalists
 from ..study.runner import run_worker
 from ..study.storage import masked
 from ..study.study import Context, open_existing, prepare, study_baseline
@@ -80,7 +80,11 @@ def finish_study(name: str, url: str, out: str | None) -> int:
 
     study, settings = open_existing(name, url)
     folder = Path(out or Path("exports") / name)
-    best = finalists(study, settings.finalists)
+    count = finalist_count(study, settings)
+    if count > 1 and settings.finalists is None:
+        console.print(f"the best trial within budget scores over {UNSETTLED_LOSS:.0%} below the baseline's val Dice: short "
+                      f"fine-tunes have not settled, so the {count} best are polished (--finalists 1 polishes one)")
+    best = finalists(study, count)
     if not best:
         console.print(no_feasible_message(study, settings.budget_ms))
         report = write_report(study, folder / "report.html")

@@ -29,7 +29,8 @@ class Settings:
     budget is ``budget_ms`` or the baseline's latency over ``speedup``: a study stores
     both once it is created (``budget_ms`` resolved by calibration). ``epochs`` is the
     most a trial fine-tunes (the pruner stops most earlier); the ``finalists`` best trials
-    within budget are polished for ``polish_epochs`` (default twice ``epochs``, longer for tiny
+    within budget (None: one, or more when the trials' scores have not settled:
+    :func:`~.best.finalist_count`) are polished for ``polish_epochs`` (default twice ``epochs``, longer for tiny
     networks: :func:`~.polish.polish_epochs`) and the best
     of them after its polish is the answer. The verdict fails a model that
     loses more than ``max_dice_loss`` percent of the baseline's test Dice.
@@ -68,7 +69,7 @@ class Settings:
     timeout_s: float | None = None
     epochs: int = 8
     polish_epochs: int | None = None
-    finalists: int = 1
+    finalists: int | None = None
     max_dice_loss: float = 5.0
     baseline_epochs: int | None = None
     distill: float = 0.0
@@ -93,7 +94,7 @@ class Settings:
             raise UserError(f"--trials {self.trials} must be at least 1")
         if self.epochs < 1 or (self.polish_epochs is not None and self.polish_epochs < 0):
             raise UserError("--epochs must be at least 1 and --polish-epochs at least 0")
-        if self.finalists < 1:
+        if self.finalists is not None and self.finalists < 1:
             raise UserError(f"--finalists {self.finalists} must be at least 1 (the best trial)")
         if self.crop is not None and (self.crop < 0 or self.crop % 16):
             raise UserError(f"--crop {self.crop}: give a multiple of 16 (e.g. 128), or 0 to train on whole slices")
@@ -140,6 +141,7 @@ PRESETS: dict[str, dict] = {
         "trials": 3,
         "epochs": 3,
         "polish_epochs": 3,
+        "finalists": 1,
         "baseline_epochs": 40,
         "warm_start": 1,
     },
