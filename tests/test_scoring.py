@@ -21,8 +21,8 @@ from autosculpt.search.study.best import best_feasible, best_within, ranked_with
 from autosculpt.search.study.progress import LiveView
 from autosculpt.search.study.settings import Settings
 from autosculpt.search.study.trial import first_rung, make_pruner
-from autosculpt.search.training.train import (FINETUNE_LR_CAP, Schedule, class_weights, dice_counts, evaluate,
-                                              finetune_lr, finetune_schedule, random_patches, resolve_crop,
+from autosculpt.search.training.train import (FINETUNE_LR_CAP, TINY_BATCH, TINY_RATIO, Schedule, class_weights, dice_counts, evaluate,
+                                              finetune_batch, finetune_lr, finetune_schedule, random_patches, resolve_crop,
                                               resolve_device, scores_from_counts, segmentation_loss, train,
                                               training_crop, trial_epoch_slices)
 
@@ -120,6 +120,15 @@ def test_a_narrower_network_fine_tunes_at_a_larger_learning_rate_up_to_a_cap():
     schedule = finetune_schedule(net, baseline_params=16 * 40, epochs=8, seed=3)
     assert schedule.lr == pytest.approx(2 * base) and schedule.balance_classes and schedule.seed == 3
     assert not finetune_schedule(net, 16 * 40, 8, balance_classes=False).balance_classes
+
+
+def test_a_tiny_network_fine_tunes_in_smaller_batches():
+    """Pruned past 100x, a network learns nearly from scratch: more steps (see :func:`finetune_batch`)."""
+    assert finetune_batch(1.0) == finetune_batch(TINY_RATIO) == Schedule.batch_size
+    assert finetune_batch(TINY_RATIO * 1.01) == TINY_BATCH < Schedule.batch_size
+    net = torch.nn.Conv2d(1, 4, 3)  # 40 parameters
+    assert finetune_schedule(net, baseline_params=16 * 40, epochs=8).batch_size == Schedule.batch_size
+    assert finetune_schedule(net, baseline_params=200 * 40, epochs=8).batch_size == TINY_BATCH
 
 
 def test_a_study_stored_before_balanced_fine_tunes_resumes_unbalanced():

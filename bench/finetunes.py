@@ -1,0 +1,122 @@
+"""Which short fine-tune ranks networks as their polish does? Replays a polished study's finalists.
+
+Each finalist of a stored study (``--finalists K`` polished K of them) is pruned from the
+study's baseline again and fine-tuned for the study's epochs under each variant; the table
+gives, per variant, the mean and lowest validation Dice at the pruner's first rung and at the
+last epoch, Spearman's rank correlation of those scores against the study's polished Dice, and
+the median time of one fine-tune. The polished Dice is the study's own (continued from the
+default fine-tune's weights). Variants (comma-separated):
+
+- ``current``: the fine-tune trials run (what the study stored, replayed);
+- ``bn``: BatchNorm statistics re-estimated on the training slices before fine-tuning;
+- ``distill=W``: distillation from the baseline at weight W;
+- ``lr=F``: the learning rate times F (at most 0.03);
+- ``batch=N``: batches of N slices.
+
+Example (after ``autosculpt search --speedup 30 --seed 2 --trials 24 --finalists 10
+--storage sqlite:///s2.db``)::
+
+    python bench/finetunes.py sqlite:///s2.db STUDY --variants current,bn,distill=0.5,lr=0.33,batch=8
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from scipy.stats import spearmanr
+
+from autosculpt.search.latency import cpu_model
+from autosculpt.search.study.settings import POLISH_ATTR, SETTINGS_ATTR, Settings
+from autosculpt.search.study.storage import load_study, open_storage
+from autosculpt.search.study.study import Context, prepare, study_baseline
+from autosculpt.search.study.trial import first_rung
+from autosculpt.search.training.train import Schedule, teacher_logits, train
+from autosculpt.space import Recipe, apply_recipe
+
+LR_CEILING = 0.03
+
+
+def reestimate_batchnorm(net: torch.nn.Module, images: torch.Tensor, batch: int = 32) -> None:
+    """Replace ``net``'s BatchNorm running statistics by those of ``images`` (a cumulative average)."""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    net.train()
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            net(images[start : start + batch])
+    for norm in norms:
+        norm.momentum = 0.1
+    net.eval()
+
+
+def variant_schedule(variant: str, schedule: Schedule) -> Schedule:
+    """``schedule`` changed as ``variant`` (see the module) says."""
+    name, _, value = variant.partition("=")
+    if name == "distill":
+        return replace(schedule, distill=float(value))
+    if name == "lr":
+        return replace(schedule, lr=min(LR_CEILING, schedule.lr * float(value)))
+    if name == "batch":
+        return replace(schedule, batch_size=int(value))
+    if name in ("current", "bn"):
+        return schedule
+    raise SystemExit(f"unknown variant {variant!r}: use current, bn, distill=W, lr=F or batch=N")
+
+
+def replay(context: Context, recipe: Recipe, seed: int, variant: str, teacher: torch.Tensor | None) -> tuple[list[float], float]:
+    """Validation Dice after each epoch of ``recipe``'s network fine-tuned as ``variant`` says, and the seconds it took."""
+    net = apply_recipe(context.baseline.model, recipe, context.example, context.calibration)
+    if variant == "bn":
+        reestimate_batchnorm(net, context.data.train.images)
+    schedule = variant_schedule(variant, context.finetune_schedule(net, context.settings.epochs, seed, 0.0))
+    history: list[float] = []
+    start = time.perf_counter()
+    train(net, context.data, schedule, teacher_outputs=teacher if schedule.distill else None,
+          on_epoch=lambda epoch, loss, scores: history.append(scores.mean) or True)
+    return history, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("Example")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("storage", help="the study's storage URL")
+    parser.add_argument("study", help="a study polished with --finalists 3 or more")
+    parser.add_argument("--variants", default="current,bn,distill=0.5,lr=0.33,batch=8")
+    args = parser.parse_args()
+    study = load_study(args.study, open_storage(args.storage))
+    settings = Settings.from_dict(study.user_attrs[SETTINGS_ATTR])
+    context = prepare(settings, study_baseline(study, args.storage))
+    candidates = (study.user_attrs.get(POLISH_ATTR) or {}).get("candidates", [])
+    if len(candidates) < 3:
+        raise SystemExit(f"{args.study} polished {len(candidates)} finalists: resume it with --finalists 3 or more")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    polished = [c["dice_after"] for c in candidates]
+    teacher = teacher_logits(context.baseline.model, context.data.train.images)
+    rung = first_rung(settings.epochs)
+    table = Table(title=f"{args.study}: {len(candidates)} finalists, {settings.epochs}-epoch fine-tunes "
+                        f"({cpu_model()}, {torch.get_num_threads()} threads)")
+    for column in ("variant", f"epoch {rung}: mean (lowest)", "Spearman", f"epoch {settings.epochs}: mean (lowest)",
+                   "Spearman", "s per fine-tune"):
+        table.add_column(column)
+    for variant in args.variants.split(","):
+        runs = [replay(context, Recipe.from_dict(trials[c["trial"]].user_attrs["recipe"]), settings.seed + c["trial"],
+                       variant, teacher) for c in candidates]
+        row = [variant]
+        for epoch in (rung, settings.epochs):
+            scores = [history[min(epoch, len(history)) - 1] for history, _ in runs]
+            row += [f"{statistics.mean(scores):.3f} ({min(scores):.3f})", f"{spearmanr(scores, polished).statistic:+.2f}"]
+        table.add_row(*row, f"{statistics.median(s for _, s in runs):.0f}")
+        print(f"{variant}: done", flush=True)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
