@@ -78,7 +78,7 @@ def parse(argv=None) -> argparse.Namespace:
     if args.quick:
         args.model, args.patients, args.image_size, args.trials, args.speedup = "unet-tiny", 3, 192, 2, 1.2
         args.baseline_epochs = args.baseline_epochs or 10
-        args.search_options += ["--model", "unet-tiny", "--epochs", "2", "--polish-epochs", "2"]
+        args.search_options += ["--model", "unet-tiny", "--epochs", "2", "--polish-epochs", "2", "--finalists", "1"]
     return args
 
 
