@@ -6,6 +6,7 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
+from autosculpt.search.cli.search import describe
 from autosculpt.search.study.best import UNSETTLED_FINALISTS, answer, finalist_count, finalists
 from autosculpt.search.study.polish import polish_epochs, rank_correlation
 from autosculpt.search.study.settings import POLISH_ATTR, SETTINGS_ATTR, Settings, with_preset
@@ -46,6 +47,7 @@ def test_more_finalists_are_polished_when_the_trials_have_not_settled_unless_the
     assert finalist_count(study, Settings(budget_ms=2.0)) == UNSETTLED_FINALISTS  # 5.9 % below: not settled
     assert finalist_count(study, Settings(budget_ms=2.0, finalists=2)) == 2
     assert finalist_count(study_of({0: (0.5, 3.0)}), Settings(budget_ms=2.0)) == 1  # nothing within budget, no baseline
+    assert describe(Settings(budget_ms=2.0), "finalists").startswith("finalists=auto (1; 5 when")  # the defaults line
 
 
 def test_tiny_networks_polish_longer_unless_the_user_says():

@@ -141,6 +141,8 @@ def describe(settings, name: str, data_median: int | None = None) -> str:
         return f"precision={','.join(value)}"
     if name == "crop" and value is None:
         return "crop=auto (whole slices up to 160 px, patches of half the side above)"
+    if name == "finalists" and value is None:
+        return "finalists=auto (1; 5 when the best trial scores over 5 % below the baseline)"
     if name == "epoch_slices" and value is None:
         return "epoch_slices=all"
     if name == "space" and value == AUTO_SPACE:
