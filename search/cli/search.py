@@ -14,6 +14,7 @@ from ...units import ms
 from ..data import suggested_image_size
 from ..deploy.verdict import EXIT_VERDICT_FAILED
 from ..latency import Target, agent_info
+from ..study.best import UNSETTLED_FINALISTS, UNSETTLED_LOSS
 from ..study.settings import AUTO_SPACE, PRESETS, WIDTH_FLOOR_ATTR, with_preset
 from ..study.storage import masked, open_storage, storage_url
 from ..study.study import create_study, prepare
@@ -142,7 +143,7 @@ def describe(settings, name: str, data_median: int | None = None) -> str:
     if name == "crop" and value is None:
         return "crop=auto (whole slices up to 160 px, patches of half the side above)"
     if name == "finalists" and value is None:
-        return "finalists=auto (1; 5 when the best trial scores over 5 % below the baseline)"
+        return f"finalists=auto (1; {UNSETTLED_FINALISTS} when the best trial scores over {UNSETTLED_LOSS:.0%} below the baseline)"
     if name == "epoch_slices" and value is None:
         return "epoch_slices=all"
     if name == "space" and value == AUTO_SPACE:
