@@ -10,6 +10,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from ..study.best import UNSETTLED_FINALISTS, UNSETTLED_LOSS
+
 
 def add_command(subparsers, name: str, summary: str, examples: list[str], run) -> argparse.ArgumentParser:
     """Add a sub-command whose ``--help`` ends with its examples; ``run(args)`` executes it."""
@@ -70,7 +72,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polish-epochs", type=int, metavar="N", help="epochs of each finalist's polish (default 2 x --epochs, up to 3 times that for "
                         "networks over 100x smaller; 0: none)")
     parser.add_argument("--finalists", type=int, metavar="K", help="polish the K best trials within budget and keep the best "
-                        "after its polish (default 1, or 5 when the best trial scores over 5 %% below the baseline: its short "
+                        f"after its polish (default 1, or {UNSETTLED_FINALISTS} when the best trial scores over {UNSETTLED_LOSS * 100:g} %% below the baseline: its short "
                         "fine-tune has not settled; each costs one polish; 3 or more also measure how well trial scores rank them)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the data, baseline and samplers (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
