@@ -223,7 +223,6 @@ def _study_settings(args, seed: int):
         settings = make_settings(model="unet-tiny", budget_ms=args.budget_ms or 5.0, trials=args.trials or 3, space=SPACE,
                                  preset="smoke", patients=args.patients, image_size=args.image_size, epochs=args.epochs or 6,
                                  warm_start=args.warm_start or 1, seed=seed)
-        target = Target(min_runs=10, max_seconds=0.2, warmup=2)
         default_storage = f"sqlite:///{tempfile.mkdtemp(prefix='paper-quick-')}/studies.db"
         prefix = "paper-quick"
     else:
@@ -231,12 +230,11 @@ def _study_settings(args, seed: int):
         settings = make_settings(model="unet-paper", budget_ms=args.budget_ms, speedup=speedup, trials=args.trials or 40,
                                  space=SPACE, patients=args.patients, image_size=args.image_size or 64,
                                  epochs=args.epochs or 20, warm_start=args.warm_start or 3, seed=seed)
-        target = Target.from_dict(settings.target)
         default_storage = "sqlite:///studies/bench.db"
         budget = f"{settings.budget_ms:g}ms" if settings.budget_ms else f"{settings.speedup:g}x"
         prefix = f"paper-{budget}-{settings.image_size}px" + (f"-{settings.patients}p" if settings.patients else "")
     url = args.storage or os.environ.get("AUTOSCULPT_BENCH_STORAGE") or default_storage
-    return settings, target, url, f"{args.study or prefix}-s{seed}"
+    return settings, Target.from_dict(settings.target), url, f"{args.study or prefix}-s{seed}"
 
 
 def _unique(trials: list[FrozenTrial]) -> list[FrozenTrial]:

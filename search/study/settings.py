@@ -130,8 +130,9 @@ class Settings:
         return [name for name in sorted(names) if getattr(self, name) != getattr(other, name)]
 
 
-# Run presets: bundles of defaults. ``smoke`` is tiny data, a tiny model and a very short
-# fine-tune: a 3-trial search end to end in about a minute, for tests and demos.
+# Run presets: bundles of defaults. ``smoke`` is tiny data, a tiny model, a very short
+# fine-tune and short latency measurements (a fifth of a second each, not one to three): a
+# 3-trial search end to end in about half a minute, for tests and demos, never for figures.
 PRESETS: dict[str, dict] = {
     "default": {},
     "smoke": {
@@ -144,6 +145,7 @@ PRESETS: dict[str, dict] = {
         "finalists": 1,
         "baseline_epochs": 40,
         "warm_start": 1,
+        "target": Target(min_runs=10, max_seconds=0.2, min_seconds=0.1, warmup=2).to_dict(),
     },
 }
 
