@@ -34,7 +34,7 @@ from scipy.stats import spearmanr
 from autosculpt.search.latency import cpu_model
 from autosculpt.search.study.settings import POLISH_ATTR, SETTINGS_ATTR, Settings
 from autosculpt.search.study.storage import load_study, open_storage
-from autosculpt.search.study.study import Context, prepare, study_baseline
+from autosculpt.search.study.study import Context, prepare_study
 from autosculpt.search.study.trial import first_rung
 from autosculpt.search.training.train import Schedule, teacher_logits, train
 from autosculpt.space import Recipe, apply_recipe
@@ -93,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     study = load_study(args.study, open_storage(args.storage))
     settings = Settings.from_dict(study.user_attrs[SETTINGS_ATTR])
-    context = prepare(settings, study_baseline(study, args.storage))
+    context = prepare_study(study, args.storage, settings)
     candidates = (study.user_attrs.get(POLISH_ATTR) or {}).get("candidates", [])
     if len(candidates) < 3:
         raise SystemExit(f"{args.study} polished {len(candidates)} finalists: resume it with --finalists 3 or more")

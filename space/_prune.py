@@ -64,7 +64,8 @@ class GroupSurvey:
                f"breaks the model ({shorten(reasons, 300)})"
 
 
-def survey_groups(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str] = ()) -> GroupSurvey:
+def survey_groups(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str] = (),
+                  kept_whole: dict[str, str] | None = None) -> GroupSurvey:
     """The prunable layer groups of any model, in module order, and those kept whole.
 
     A group whose removal would change the model's output (the logits layer, or anything
@@ -77,12 +78,15 @@ def survey_groups(model: nn.Module, example_input: torch.Tensor, ignore: Sequenc
     exactly those channels. A group that breaks this alone, or together with the others,
     is kept whole (:attr:`GroupSurvey.kept_whole`); the rest are searched. A model that
     cannot be traced, or of which no group can be pruned, raises :class:`UserError`, so the
-    failure comes before any fine-tuning.
+    failure comes before any fine-tuning. ``kept_whole`` given (an earlier survey of the same
+    model, as a study stores it) is taken as it is, without trying the groups again: one
+    trace of the model instead of up to one per group.
     """
     graph = dependency_graph(model, example_input)
     groups = without_ignored(_list_groups(graph), ignore)
-    steps = {name: _channel_step(group) for name, _, group in _named_groups(graph)}
-    kept_whole = _unsafe_groups(model, groups, steps, example_input)
+    if kept_whole is None:
+        steps = {name: _channel_step(group) for name, _, group in _named_groups(graph)}
+        kept_whole = _unsafe_groups(model, groups, steps, example_input)
     survey = GroupSurvey([g for g in groups if g.name not in kept_whole], kept_whole)
     if groups and not survey.groups:
         raise UserError(f"nothing in the model can be pruned ({survey.describe()}): report the model to us")

@@ -350,6 +350,17 @@ def test_a_group_that_cannot_be_pruned_is_kept_whole_and_named_and_the_rest_is_s
     assert survey_groups(net, x, ignore=["body"]).kept_whole == {}  # the ignore list works as before
 
 
+def test_a_stored_survey_is_taken_as_it_is(x, monkeypatch):
+    """A study's workers and exports give the survey its creator stored: no group is tried again."""
+    from autosculpt.space import _prune
+
+    net = FoldsChannels().eval()
+    stored = survey_groups(net, x).kept_whole
+    monkeypatch.setattr(_prune, "_unsafe_groups", lambda *args: pytest.fail("the groups were tried again"))
+    again = survey_groups(net, x, kept_whole=stored)
+    assert again.kept_whole == stored and [g.name for g in again.groups] == ["mix"]
+
+
 @pytest.mark.parametrize(
     ("model", "message"),
     [

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ..study.best import UNSETTLED_LOSS, answer, finalist_count, finalists
 from ..study.runner import run_worker
 from ..study.storage import masked
-from ..study.study import Context, open_existing, prepare, study_baseline
+from ..study.study import Context, open_existing, prepare_study
 
 console = Console(stderr=True, highlight=False)
 
@@ -90,7 +90,7 @@ def finish_study(name: str, url: str, out: str | None) -> int:
         report = write_report(study, folder / "report.html")
         console.print(f"report: {report}")
         return 1
-    context = prepare(replace(settings, distill=0.0), study_baseline(study, url))
+    context = prepare_study(study, url, replace(settings, distill=0.0))
     if settings.polish:
         _polish(study, best, lambda trial: trial_network(trial, context, url), replace(context, settings=settings), url)
     winner = answer(study)

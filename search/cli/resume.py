@@ -10,7 +10,7 @@ from ..study.best import ranked_within
 from ..study.quota import TrialQuota
 from ..study.settings import SETTINGS_ATTR, Settings
 from ..study.storage import storage_url
-from ..study.study import open_existing, prepare, study_baseline
+from ..study.study import open_existing, prepare_study
 from ._common import add_command, add_search_options, add_storage_option
 from ._session import console, finish_study, run_workers
 from .search import VERDICT_HELP, settings_given, storage_flag
@@ -45,7 +45,7 @@ def run(args) -> int:
     console.print(f"resuming {args.name}: {TrialQuota(study, settings).counted()} trials stored, {settings.trials} in all")
     if settings.budget_ms != stored.budget_ms:
         console.print(budget_change_note(study, stored.budget_ms, settings.budget_ms))
-    run_workers(args.name, url, prepare(settings, study_baseline(study, url)), args.workers, storage_flag(args.storage))
+    run_workers(args.name, url, prepare_study(study, url, settings), args.workers, storage_flag(args.storage))
     return finish_study(args.name, url, args.out)
 
 

@@ -8,7 +8,7 @@ import sys
 from ...errors import UserError
 from ..study.runner import run_worker, wait_for_storage
 from ..study.storage import STORAGE_PATIENCE_SECONDS, is_storage_failure, storage_url
-from ..study.study import open_existing, prepare, study_baseline
+from ..study.study import open_existing, prepare_study
 from ._common import add_command, add_storage_option
 
 EXAMPLES = [
@@ -35,6 +35,6 @@ def run(args) -> int:
         print(f"{error}; retrying for up to {STORAGE_PATIENCE_SECONDS:g} s", file=sys.stderr)
         study, settings = wait_for_storage(lambda: open_existing(args.name, url), url, args.name)
     index = random.SystemRandom().randrange(2**31) if args.index is None else args.index
-    finished = run_worker(study, prepare(settings, study_baseline(study, url)), url, worker_index=index, quiet=args.quiet)
+    finished = run_worker(study, prepare_study(study, url, settings), url, worker_index=index, quiet=args.quiet)
     print(f"worker {index}: {finished} trials finished")
     return 0

@@ -34,7 +34,7 @@ from ..quantize import INT8_FILE, Int8Model, calibration_slices, quantize_int8, 
 from ..study.polish import polish_record, polished_weights
 from ..study.settings import PRECISIONS, Settings
 from ..study.storage import artifact_store
-from ..study.study import Context, environment, nnunet_preprocessing, prepare, study_baseline, study_reference
+from ..study.study import Context, environment, nnunet_preprocessing, prepare_study, study_reference
 from ..study.weights import download_state_dict
 from ..training.metrics import per_volume, summary
 from ..training.train import Scores, dice_counts, predict, scores_from_counts, split_scores
@@ -77,7 +77,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, folder: Path, storage_
         raise UserError(f"trial {trial.number} has no fine-tuned weights (state {trial.state.name}, "
                         f"feasible={trial.user_attrs.get('feasible')}): export a complete trial within budget")
     settings = Settings.from_dict(study.user_attrs["settings"])
-    context = context or prepare(replace(settings, distill=0.0), study_baseline(study, storage_url))
+    context = context or prepare_study(study, storage_url, replace(settings, distill=0.0))
     net = trial_network(trial, context, storage_url, study)
     folder.mkdir(parents=True, exist_ok=True)
     if nnunet_folder:
