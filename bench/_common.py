@@ -5,12 +5,14 @@
 - :func:`front` and :func:`hypervolume` read a study's (Dice, latency) or (Dice, parameters) trade-off;
 - :func:`remeasure` times the baseline and chosen trials side by side, interleaved, in
   one run, so speedups compare figures taken on the same CPU under the same load;
-- :func:`scaling_rows` splits trial time into measurement, fine-tuning and evaluation.
+- :func:`scaling_rows` splits trial time into measurement, fine-tuning and evaluation;
+- :func:`card_result` reads an exported model's figures from its ``model.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import time
@@ -199,3 +201,16 @@ def scaling_table(rows: Sequence[dict], title: str):
                       f"{r['rejected']}/{r['trials']} ({r['rejected'] / max(r['trials'], 1):.0%})", str(r["repeats"]),
                       f"{r['median_finetune_s']:.1f}", f"{r['saved_s'] / 60:.1f} min")
     return table
+
+
+def card_result(card_file: Path) -> dict | None:
+    """The figures of the model exported to ``card_file`` (its ``model.json``), None when
+    nothing was exported: trial, re-measured median and budget (ms), test Dice and the
+    baseline's, fewer parameters (x), whether it is within budget and its Dice loss (%)."""
+    if not card_file.exists():
+        return None
+    card = json.loads(card_file.read_text())
+    verdict = card["verdict"]
+    return {"trial": card["trial"], "median_ms": card["latency"]["median_ms"], "budget_ms": card["budget_ms"],
+            "test_dice": card["dice"], "baseline_test_dice": card["baseline"]["dice"], "param_ratio": card.get("param_ratio"),
+            "within_budget": verdict.get("within_budget"), "dice_loss_pct": verdict.get("dice_loss_pct")}

@@ -19,7 +19,10 @@ dense model. Arms:
 
 Each run (``--runs``: speedup x seed) prints every arm's best validation Dice within the
 budget; the last column is the mean and the spread (max - min) over the seeds of the first
-speedup. A run's seed picks the generated data, the baseline trained on them and the
+speedup. Then each arm's study is finished as ``autosculpt search`` finishes one (its
+finalists polished, the winner exported into ``--out``/STUDY and re-measured), and a second
+table gives the figure that counts: the exported model's test Dice against the baseline's,
+and whether it met the budget (``--no-final`` skips this). A run's seed picks the generated data, the baseline trained on them and the
 samplers' seeds: at 30x, which baseline is pruned mattered more than the sampler (the
 README's peers section), so the spread covers both.
 
@@ -27,6 +30,7 @@ README's peers section), so the spread covers both.
     python bench/peers.py --runs 30:0 --arms ours,random        # one part; the studies resume
     python bench/peers.py --model unet-paper --image-size 64 --space bench/paper-space.toml \
         --epochs 20 --trials 40 --warm-start 3 --runs 90:0 --arms uniform,random,cold   # bench/paper.py's settings
+    python bench/peers.py --runs 30:0,30:1,30:2 --trials 12 --arms uniform,random,ours,cold   # polished test Dice, 3 seeds
     python bench/peers.py --quick                               # unet-tiny, smoke data, 3 trials per arm
 """
 
@@ -45,11 +49,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import optuna  # noqa: E402
-from _common import add_study_options, make_settings, run_study, scaling_row, scaling_table  # noqa: E402
+from _common import add_study_options, card_result, make_settings, run_study, scaling_row, scaling_table  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from autosculpt.search.latency import Target  # noqa: E402
+from autosculpt.search.cli._session import finish_study  # noqa: E402
 from autosculpt.search.study.best import best_feasible  # noqa: E402
 from autosculpt.search.study.runner import make_sampler  # noqa: E402
 from autosculpt.search.study.storage import open_storage  # noqa: E402
@@ -73,6 +77,8 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--space", default="per-layer", help="space of arms (b)-(d): a preset or .toml file")
     parser.add_argument("--warm-start", type=int, help="warm-start shapes of arms (b) and (c) (default 4; 1 with --quick)")
     parser.add_argument("--arms", default="uniform,random,ours,cold,nni", help="comma-separated subset of the arms")
+    parser.add_argument("--no-final", action="store_true", help="skip polishing and exporting each arm's winner")
+    parser.add_argument("--out", type=Path, help="where the winners are exported, one folder per study (default exports/)")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: unet-tiny, smoke data, 3 trials per arm")
     return parser.parse_args(argv)
 
@@ -85,8 +91,6 @@ def main(argv=None) -> int:
     common = {"model": args.model or ("unet-tiny" if quick else "unet"), "preset": "smoke" if quick else "default",
               "image_size": args.image_size or (None if quick else 96), "patients": args.patients,
               "epochs": args.epochs or (1 if quick else 12)}
-    if quick:
-        common["target"] = Target(min_runs=10, max_seconds=0.2, min_seconds=0.1, warmup=2).to_dict()
     url = args.storage or os.environ.get("AUTOSCULPT_BENCH_STORAGE") or (
         f"sqlite:///{tempfile.mkdtemp(prefix='peers-quick-')}/studies.db" if quick else "sqlite:///studies/bench.db")
     trials = args.trials or (3 if quick else 30)
@@ -102,6 +106,8 @@ def main(argv=None) -> int:
     prefix = args.prefix or f"peers-{common['model']}" + (f"-{common['image_size']}px" if common["image_size"] else "")
     console.print(f"peers on {url}: {common['model']}, {trials} trials per arm, runs {args.runs or 'default'}")
     results: dict[str, dict] = {arm: {} for arm in NAMES if arm in chosen}
+    finals: dict[str, dict] = {arm: {} for arm in arms if arm in chosen}
+    out = args.out or (Path(url.removeprefix("sqlite:///")).parent / "exports" if quick else Path("exports"))
     studies, baselines, context = {}, {}, None
     for speedup, seed in runs:
         run_name = f"{speedup:g}x-s{seed:g}"
@@ -118,12 +124,16 @@ def main(argv=None) -> int:
             results[arm][run_name] = study
             studies[f"{run_name} {arm}"] = study
             budget_ms = budget_ms or study.user_attrs["settings"]["budget_ms"]
+            if not args.no_final:
+                finals[arm][run_name] = final(study.study_name, url, out / study.study_name, run=not args.report)
         if context is not None:
             baselines[run_name] = context.baseline.val.mean
         if "nni" in chosen and context is not None:
             results["nni"][run_name] = nni_study(f"{prefix}-{run_name}-nni" + ("-quick" if quick else ""), url, study,
                                                  context, trials, budget_ms, run=not args.report)
     console.print(peers_table(results, [f"{s:g}x-s{d:g}" for s, d in runs], baselines, trials))
+    if not args.no_final:
+        console.print(finals_table(finals, [f"{s:g}x-s{d:g}" for s, d in runs]))
     console.print(scaling_table([scaling_row(label, s) for label, s in studies.items()], "Where the trials' time went"))
     console.print(f"time taken: {time.perf_counter() - started:.0f} s")
     return 0
@@ -132,6 +142,42 @@ def main(argv=None) -> int:
 def _seeded(sampler, seed: int):
     """A sampler factory whose seeds are shifted by the run's sampler seed."""
     return lambda worker_seed: sampler(seed=worker_seed + SEED_STRIDE * seed)
+
+
+def final(name: str, url: str, folder: Path, run: bool) -> dict | None:
+    """Study ``name`` finished as ``autosculpt search`` finishes it, its winner exported into
+    ``folder`` (only read back unless ``run``): the exported model's figures, None when no
+    trial was within the budget (:func:`card_result`)."""
+    if run:
+        finish_study(name, url, str(folder))
+    return card_result(folder / "model.json")
+
+
+def finals_table(finals: dict[str, dict], runs: list[str]) -> Table:
+    """One row per arm: its exported winner's test Dice, change against the baseline's test
+    Dice and re-measured median against the budget, per run; the first speedup's mean change
+    and spread over its seeds."""
+    first = runs[0].split("-")[0]
+    table = Table(title="The exported winner: test Dice (change against the baseline's), median for the budget")
+    table.add_column("arm")
+    for run in runs:
+        table.add_column(run, justify="right")
+    table.add_column(f"{first} mean change (spread)", justify="right")
+    for arm, by_run in finals.items():
+        cells, changes = [], []
+        for run in runs:
+            result = by_run.get(run)
+            if result is None:
+                cells.append("none" if run in by_run else "—")
+                continue
+            change = -result["dice_loss_pct"]
+            over = "" if result["within_budget"] else ", over"
+            cells.append(f"{result['test_dice']:.3f} ({change:+.1f} %), {result['median_ms']:.2f}/{result['budget_ms']:.2f} ms{over}")
+            if run.startswith(first + "-"):
+                changes.append(change)
+        summary = f"{statistics.mean(changes):+.1f} % ({max(changes) - min(changes):.1f})" if changes else ""
+        table.add_row(NAMES[arm], *cells, summary)
+    return table
 
 
 def nni_keeps(context, trials: int, budget_ms: float, baseline_ms: float) -> list[float]:

@@ -50,6 +50,9 @@ from autosculpt.search.latency import cpu_model
 from autosculpt.search.training.baseline import get_baseline
 from autosculpt.search.training.train import resolve_crop, resolve_device
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import card_result  # noqa: E402
+
 # name: extra search options. auto: the search's defaults (patches for slices over 160 px, every
 # training slice each epoch); whole: whole slices; sampled: a trial's epoch draws 1,000 slices.
 ARMS = {"auto": [], "whole": ["--crop", "0"], "sampled": ["--epoch-slices", "1000"]}
@@ -162,10 +165,8 @@ def run_arm(arm: str, args, folder: Path, weights: Path, train_slices: int, cons
     wall = time.perf_counter() - start
     peak_mb = usage.ru_maxrss / 1024
     study = optuna.load_study(study_name=name, storage=url)
-    card_file = out / "export" / "model.json"
-    card = json.loads(card_file.read_text()) if card_file.exists() else None
     return {"arm": arm, "exit": os.waitstatus_to_exitcode(status), "wall_s": wall, "peak_mb": peak_mb,
-            **study_phases(study, launched, wall, train_slices), "result": _result(card)}
+            **study_phases(study, launched, wall, train_slices), "result": card_result(out / "export" / "model.json")}
 
 
 def study_phases(study: optuna.Study, launched: float, wall: float, train_slices: int) -> dict:
@@ -184,15 +185,6 @@ def study_phases(study: optuna.Study, launched: float, wall: float, train_slices
     throughput = sum(r["epochs"] for r in tuned) * train_slices / sum(r["finetune_s"] for r in tuned) if tuned else float("nan")
     return {"trials": rows, "before_s": first - launched, "trials_s": last - first, "polish_s": polish,
             "export_s": launched + wall - last - polish, "finetune_slices_per_s": throughput}
-
-
-def _result(card: dict | None) -> dict | None:
-    if card is None:
-        return None
-    verdict = card["verdict"]
-    return {"trial": card["trial"], "median_ms": card["latency"]["median_ms"], "budget_ms": card["budget_ms"],
-            "test_dice": card["dice"], "baseline_test_dice": card["baseline"]["dice"], "param_ratio": card.get("param_ratio"),
-            "within_budget": verdict.get("within_budget"), "dice_loss_pct": verdict.get("dice_loss_pct")}
 
 
 def phase_table(results: list[dict], before: dict[str, float]) -> Table:

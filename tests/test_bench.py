@@ -100,6 +100,11 @@ def test_peers_quick_prints_every_arm(tmp_path):
     for arm in NAMES.values():
         assert arm in done.stdout, done.stdout
     assert "Where the trials' time went" in done.stdout and "time taken:" in done.stdout
+    finals = done.stdout[done.stdout.index("The exported winner"):done.stdout.index("Where the trials' time went")]
+    for arm in ("uniform", "random", "ours", "cold"):  # each search arm finished: polished, exported, re-measured
+        row = next(line for line in finals.splitlines() if NAMES[arm] in line)
+        assert re.search(r"│\s*(0\.\d{3} \([+-]\d+\.\d %\), \d+\.\d\d/\d+\.\d\d ms|none)", row), row
+    assert any((tmp_path / "exports").glob("*/model.json"))
     url = f"sqlite:///{tmp_path / 'bench.db'}"
     budgets = {optuna.load_study(study_name=name, storage=url).user_attrs["settings"]["budget_ms"]
                for name in optuna.get_all_study_names(url)}
