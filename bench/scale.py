@@ -75,13 +75,14 @@ def parse(argv=None) -> argparse.Namespace:
                         "fewer for a memory or timing run that does not report Dice)")
     parser.add_argument("search_extra", nargs="*", metavar="-- SEARCH OPTION", help="more options for every search, after --")
     parser.add_argument("--quick", action="store_true", help="tiny CI run: unet-tiny, 3 patients at 192 px, "
-                        "--speedup 1.2, a 10-epoch baseline, 2 trials of 2 epochs")
+                        "--speedup 1.2, a 10-epoch baseline, 2 trials of 2 epochs, the smoke preset's short measurements")
     args = parser.parse_args(argv)
     args.model, args.search_options = "unet", list(args.search_extra)
     if args.quick:
         args.model, args.patients, args.image_size, args.trials, args.speedup = "unet-tiny", 3, 192, 2, 1.2
         args.baseline_epochs = args.baseline_epochs or 10
-        args.search_options += ["--model", "unet-tiny", "--epochs", "2", "--polish-epochs", "2", "--finalists", "1"]
+        args.search_options += ["--preset", "smoke", "--model", "unet-tiny", "--epochs", "2", "--polish-epochs", "2",
+                                "--finalists", "1"]  # smoke: its short latency measurements
     return args
 
 
