@@ -30,7 +30,7 @@ from autosculpt.search.onnx_io import to_onnx
 from autosculpt.search.study.best import ranked_within
 from autosculpt.search.study.quota import is_repeat
 from autosculpt.search.study.runner import make_sampler, run_worker
-from autosculpt.search.study.settings import SETTINGS_ATTR, Settings, with_preset
+from autosculpt.search.study.settings import AUTO_SPACE, SETTINGS_ATTR, Settings, with_preset
 from autosculpt.search.study.storage import load_study, open_storage
 from autosculpt.search.study.study import Context, create_study, prepare
 from autosculpt.space import SearchSpace
@@ -54,8 +54,9 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
 def make_settings(*, model: str, budget_ms: float | None, trials: int, space: str | Path, preset: str = "default",
                   **overrides) -> Settings:
     """Settings as ``autosculpt search`` would build them; ``overrides`` None = default."""
-    given = {"model": model, "budget_ms": budget_ms, "trials": trials, "space": str(space),
-             "space_spec": SearchSpace.load(space).to_dict(), **overrides}
+    given = {"model": model, "budget_ms": budget_ms, "trials": trials, "space": str(space), **overrides}
+    if str(space) != AUTO_SPACE:  # auto: width, with depth added past the width floor when the study is created
+        given["space_spec"] = SearchSpace.load(space).to_dict()
     settings, _ = with_preset(preset, given)
     return settings
 
@@ -75,7 +76,8 @@ def run_study(name: str, url: str, settings: Settings, *, sampler: Callable[[int
         study = load_study(name, storage)
         stored = Settings.from_dict(study.user_attrs[SETTINGS_ATTR])
         budget = {"speedup"} if settings.speedup else {"budget_ms"}  # a speedup's budget is resolved when created
-        differ = stored.conflicts(settings, {"model", *budget, "space_spec", "epochs", "patients", "image_size",
+        space = {"space"} if settings.space == AUTO_SPACE else {"space_spec"}  # auto's spec is decided when created
+        differ = stored.conflicts(settings, {"model", *budget, *space, "epochs", "patients", "image_size",
                                              "distill", "seed", "warm_start"})
         if differ and run:
             raise UserError(f"study {name!r} exists with other {', '.join(differ)}: choose another --study")

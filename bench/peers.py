@@ -9,8 +9,8 @@ dense model. Arms:
 
 (a) uniform        - the uniform shape projected onto the budget: the widest network with
                      one keep ratio everywhere, fine-tuned once (its trials would repeat it);
-(b) random         - Optuna's RandomSampler over the per-layer space, with our warm start;
-(c) ours           - our default: multivariate TPE over the per-layer space, warm start;
+(b) random         - Optuna's RandomSampler over the search's space, with our warm start;
+(c) ours           - our default: multivariate TPE over the search's space, warm start;
 (d) ours, no warm  - (c) without the warm start's shapes;
 (e) NNI 3.0        - L1NormPruner + ModelSpeedup at uniform ratios bracketing the budget,
                      measured with the same reference, in a separate venv (``$NNI_PYTHON``,
@@ -63,7 +63,7 @@ from autosculpt.space import SearchSpace  # noqa: E402
 NNI_PYTHON = os.environ.get("NNI_PYTHON", "/tmp/nni-venv/bin/python")
 NNI_WORKER = Path(__file__).with_name("_nni_worker.py")
 SEED_STRIDE = 7919  # sampler seeds of different runs lie this far apart
-NAMES = {"uniform": "(a) uniform at the budget", "random": "(b) random, per-layer", "ours": "(c) ours: TPE, per-layer",
+NAMES = {"uniform": "(a) uniform at the budget", "random": "(b) random", "ours": "(c) ours: TPE",
          "cold": "(d) ours without warm start", "nni": "(e) NNI 3.0 L1Norm, uniform"}
 
 
@@ -74,7 +74,8 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="model preset (default unet; unet-tiny with --quick)")
     parser.add_argument("--trials", type=int, help="trials per arm and run (default 30; 3 with --quick)")
     parser.add_argument("--runs", help="SPEEDUP:SEED,... (default 30:0,30:1,30:2,10:0,100:0; 1:0 with --quick: a tiny net has little to remove)")
-    parser.add_argument("--space", default="per-layer", help="space of arms (b)-(d): a preset or .toml file")
+    parser.add_argument("--space", default="auto", help="space of arms (b)-(d): a preset or .toml file (default auto, "
+                        "as autosculpt search: width, and depth where width alone cannot reach the budget)")
     parser.add_argument("--warm-start", type=int, help="warm-start shapes of arms (b) and (c) (default 4; 1 with --quick)")
     parser.add_argument("--arms", default="uniform,random,ours,cold,nni", help="comma-separated subset of the arms")
     parser.add_argument("--no-final", action="store_true", help="skip polishing and exporting each arm's winner")
