@@ -76,7 +76,7 @@ def run_study(name: str, url: str, settings: Settings, *, sampler: Callable[[int
         study = load_study(name, storage)
         stored = Settings.from_dict(study.user_attrs[SETTINGS_ATTR])
         budget = {"speedup"} if settings.speedup else {"budget_ms"}  # a speedup's budget is resolved when created
-        space = {"space"} if settings.space == AUTO_SPACE else {"space_spec"}  # auto's spec is decided when created
+        space = set() if settings.space == AUTO_SPACE else {"space_spec"}  # auto: the stored study decided its space
         differ = stored.conflicts(settings, {"model", *budget, *space, "epochs", "patients", "image_size",
                                              "distill", "seed", "warm_start"})
         if differ and run:
