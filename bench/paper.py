@@ -191,7 +191,7 @@ def main(argv=None) -> int:
 
 def run_seed(args, seed: int, console: Console) -> tuple[Headline | None, dict]:
     """One seed's study, table and headline (None when no candidate is near the baseline)."""
-    settings, target, url, name = _study_settings(args, seed)
+    settings, url, name = _study_settings(args, seed)
     budget = f"{settings.budget_ms:g}ms" if settings.budget_ms else f"{settings.speedup:g}x"
     console.print(f"study [bold]{name}[/] on {url}: {settings.model}, budget {budget}, {settings.trials} trials, "
                   f"{settings.epochs} fine-tune epochs, {settings.patients or 60} patients, {settings.image_size}px, seed {seed}")
@@ -202,7 +202,7 @@ def run_seed(args, seed: int, console: Console) -> tuple[Headline | None, dict]:
     console.print(f"re-measuring the baseline and {len(shown)} trials, {args.rounds} interleaved rounds ...")
     models = {"baseline": onnx_of(context.baseline.model, context)}
     models.update({t.number: onnx_of(trial_network(t, context, url), context) for t in shown})
-    latency = remeasure(models, tuple(context.example.shape), target, rounds=args.rounds)
+    latency = remeasure(models, tuple(context.example.shape), context.target, rounds=args.rounds)
     chosen = named(choice, latency, budget_ms)
     headline = None if chosen is None else _polished_headline(study, chosen, context, url, seed, latency[chosen.number],
                                                                 budget_ms, console)
@@ -218,7 +218,7 @@ def run_seed(args, seed: int, console: Console) -> tuple[Headline | None, dict]:
 
 
 def _study_settings(args, seed: int):
-    """(settings, latency target, storage URL, study name) of one seed's study."""
+    """(settings, storage URL, study name) of one seed's study."""
     if args.quick:
         settings = make_settings(model="unet-tiny", budget_ms=args.budget_ms or 5.0, trials=args.trials or 3, space=SPACE,
                                  preset="smoke", patients=args.patients, image_size=args.image_size, epochs=args.epochs or 6,
@@ -234,7 +234,7 @@ def _study_settings(args, seed: int):
         budget = f"{settings.budget_ms:g}ms" if settings.budget_ms else f"{settings.speedup:g}x"
         prefix = f"paper-{budget}-{settings.image_size}px" + (f"-{settings.patients}p" if settings.patients else "")
     url = args.storage or os.environ.get("AUTOSCULPT_BENCH_STORAGE") or default_storage
-    return settings, Target.from_dict(settings.target), url, f"{args.study or prefix}-s{seed}"
+    return settings, url, f"{args.study or prefix}-s{seed}"
 
 
 def _unique(trials: list[FrozenTrial]) -> list[FrozenTrial]:

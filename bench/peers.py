@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -158,27 +159,14 @@ def finals_table(finals: dict[str, dict], runs: list[str]) -> Table:
     """One row per arm: its exported winner's test Dice, change against the baseline's test
     Dice and re-measured median against the budget, per run; the first speedup's mean change
     and spread over its seeds."""
-    first = runs[0].split("-")[0]
-    table = Table(title="The exported winner: test Dice (change against the baseline's), median for the budget")
-    table.add_column("arm")
-    for run in runs:
-        table.add_column(run, justify="right")
-    table.add_column(f"{first} mean change (spread)", justify="right")
-    for arm, by_run in finals.items():
-        cells, changes = [], []
-        for run in runs:
-            result = by_run.get(run)
-            if result is None:
-                cells.append("none" if run in by_run else "—")
-                continue
-            change = -result["dice_loss_pct"]
-            over = "" if result["within_budget"] else ", over"
-            cells.append(f"{result['test_dice']:.3f} ({change:+.1f} %), {result['median_ms']:.2f}/{result['budget_ms']:.2f} ms{over}")
-            if run.startswith(first + "-"):
-                changes.append(change)
-        summary = f"{statistics.mean(changes):+.1f} % ({max(changes) - min(changes):.1f})" if changes else ""
-        table.add_row(NAMES[arm], *cells, summary)
-    return table
+    def cell(result: dict | None) -> tuple[str, float | None]:
+        if result is None:
+            return "none", None
+        change, over = -result["dice_loss_pct"], "" if result["within_budget"] else ", over"
+        return f"{result['test_dice']:.3f} ({change:+.1f} %), {result['median_ms']:.2f}/{result['budget_ms']:.2f} ms{over}", change
+
+    return arms_table("The exported winner: test Dice (change against the baseline's), median for the budget", finals, runs,
+                      cell, "mean change (spread)", lambda mean, spread: f"{mean:+.1f} % ({spread:.1f})")
 
 
 def nni_keeps(context, trials: int, budget_ms: float, baseline_ms: float) -> list[float]:
@@ -239,28 +227,39 @@ def peers_table(results: dict[str, dict], runs: list[str], baselines: dict[str, 
     """One row per arm: the best val Dice within the budget of each run, and the first
     speedup's mean and spread over its seeds; a first row holds each run's baseline
     (val Dice of the dense model). A cell holds why an arm has no study."""
+    def cell(study: optuna.Study | str | None) -> tuple[str, float | None]:
+        if study is None or isinstance(study, str):
+            return study or "—", None
+        best = best_feasible(study)
+        if best is None:
+            return "none", 0.0
+        return f"{best.values[0]:.3f} ({best.user_attrs['param_ratio']:.0f}x)", best.values[0]
+
+    baseline = ["dense baseline", *(f"{baselines[run]:.3f}" if run in baselines else "—" for run in runs), ""]
+    return arms_table(f"Best val Dice within the budget, {trials} trials per arm; runs are speedup-seed; one fine-tune "
+                      "schedule for all", results, runs, cell, "mean (spread)",
+                      lambda mean, spread: f"{mean:.3f} ({spread:.3f})", first_row=baseline)
+
+
+def arms_table(title: str, results: dict[str, dict], runs: list[str], cell: Callable, summary: str,
+               write_summary: Callable[[float, float], str], first_row: list[str] | None = None) -> Table:
+    """A table of one row per arm of ``results`` ({arm: {run: entry}}) and a column per run,
+    after ``first_row``; the last column, ``summary``, holds ``write_summary(mean, spread)`` of
+    the numbers the cells of the first speedup's seeds gave. ``cell(entry)`` is a cell's text
+    and its number (None: not counted); a run the arm lacks reads "—"."""
     first = runs[0].split("-")[0]
-    seeds = [run for run in runs if run.startswith(first + "-")]
-    table = Table(title=f"Best val Dice within the budget, {trials} trials per arm; "
-                        f"runs are speedup-seed; one fine-tune schedule for all")
+    table = Table(title=title)
     table.add_column("arm")
     for run in runs:
         table.add_column(run, justify="right")
-    table.add_column(f"{first} mean (spread)", justify="right")
-    table.add_row("dense baseline", *(f"{baselines[run]:.3f}" if run in baselines else "—" for run in runs), "")
+    table.add_column(f"{first} {summary}", justify="right")
+    if first_row:
+        table.add_row(*first_row)
     for arm, by_run in results.items():
-        cells, scores = [], []
-        for run in runs:
-            study = by_run.get(run)
-            if study is None or isinstance(study, str):
-                cells.append(study or "—")
-                continue
-            best = best_feasible(study)
-            cells.append("none" if best is None else f"{best.values[0]:.3f} ({best.user_attrs['param_ratio']:.0f}x)")
-            if run in seeds:
-                scores.append(best.values[0] if best else 0.0)
-        summary = f"{statistics.mean(scores):.3f} ({max(scores) - min(scores):.3f})" if scores else ""
-        table.add_row(NAMES[arm], *cells, summary)
+        cells = [cell(by_run[run]) if run in by_run else ("—", None) for run in runs]
+        numbers = [n for run, (_, n) in zip(runs, cells) if run.startswith(first + "-") and n is not None]
+        table.add_row(NAMES[arm], *(text for text, _ in cells),
+                      write_summary(statistics.mean(numbers), max(numbers) - min(numbers)) if numbers else "")
     return table
 
 

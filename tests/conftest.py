@@ -90,13 +90,3 @@ def cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("AUTOSCULPT_CACHE", str(folder))
     return folder
 
-
-# The files of the slowest tests in CI's --durations list. They run first, so that the two
-# workers do not end on one long test while the other idles (CI's tail was about 2 minutes).
-SLOW_FIRST = ("test_bench.py", "test_search_cli.py", "test_compose.py", "test_architectures.py", "test_quantize.py",
-              "test_workers.py", "test_outages.py", "test_nnunet.py")
-
-
-def pytest_collection_modifyitems(items):
-    """Put the tests of :data:`SLOW_FIRST` first, each file's order kept."""
-    items.sort(key=lambda item: item.path.name not in SLOW_FIRST)
