@@ -17,10 +17,15 @@ import pytest
 from conftest import FLOW, run_cli
 from PIL import Image
 
+from autosculpt.search.cli import build_parser
+from autosculpt.search.cli.resume import merged_settings
+from autosculpt.search.cli.search import settings_given
 from autosculpt.search.data import load_data
 from autosculpt.search.deploy.verdict import EXIT_VERDICT_FAILED
+from autosculpt.search.latency import Target
 from autosculpt.search.study.best import finalists
 from autosculpt.search.study.quota import COUNTED, is_free
+from autosculpt.search.study.settings import with_preset
 from autosculpt.search.training.train import finetune_lr
 
 SMOKE = ("--preset", "smoke")
@@ -264,3 +269,14 @@ def test_resume_timeout_gives_more_time_after_the_limit_ran_out(tmp_path):
     done = run_cli("resume", "late", "--storage", url, "--timeout", "30", "--trials", "1", "--out", str(tmp_path / "late"))
     assert done.returncode in FLOW, done.stderr
     assert len(counted(url, "late")) == before + 1  # 30 s from now, although an hour passed since the study started
+
+
+def test_target_flags_are_set_over_the_presets_measurements():
+    """``--threads``/``--runtime`` change those fields only: the smoke preset keeps its short
+    latency measurements, and ``resume --threads`` keeps the stored study's."""
+    args = build_parser("search").parse_args(["search", "--preset", "smoke", "--budget-ms", "5", "--threads", "2"])
+    settings, defaulted = with_preset("smoke", settings_given(args))
+    short = Target(threads=2, min_runs=10, max_seconds=0.2, min_seconds=0.1, warmup=2)
+    assert Target.from_dict(settings.target) == short and "target" not in defaulted
+    args = build_parser("resume").parse_args(["resume", "s", "--runtime", "torch", "--force"])
+    assert Target.from_dict(merged_settings(None, settings, args).target) == Target(**{**short.to_dict(), "runtime": "torch"})

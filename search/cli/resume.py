@@ -6,6 +6,7 @@ import time
 from dataclasses import fields, replace
 
 from ...errors import UserError
+from ..latency import Target
 from ..study.best import ranked_within
 from ..study.quota import TrialQuota
 from ..study.settings import SETTINGS_ATTR, Settings
@@ -56,6 +57,8 @@ def merged_settings(study, stored: Settings, args) -> Settings:
     given = {k: v for k, v in settings_given(args).items() if v is not None and k in {f.name for f in fields(Settings)}}
     if "trials" in given:
         given["trials"] = TrialQuota(study, stored).counted() + given["trials"]
+    if "target" in given:
+        given["target"] = Target(**{**stored.target, **given["target"]}).to_dict()
     if "timeout_s" in given:
         given["timeout_s"] += time.time() - study.user_attrs.get("started_at", time.time())
     changed = {k for k, v in given.items() if getattr(stored, k) != v}

@@ -13,7 +13,7 @@ from ...space import SearchSpace, is_nnunet_folder, nnunet_fold
 from ...units import ms
 from ..data import suggested_image_size
 from ..deploy.verdict import EXIT_VERDICT_FAILED
-from ..latency import Target, agent_info
+from ..latency import agent_info
 from ..study.best import UNSETTLED_FINALISTS, UNSETTLED_LOSS
 from ..study.settings import AUTO_SPACE, PRESETS, WIDTH_FLOOR_ATTR, with_preset
 from ..study.storage import masked, open_storage, storage_url
@@ -117,12 +117,12 @@ def resolved_model(model: str | None, fold: int | None, weights: str | None, dat
 def settings_given(args) -> dict:
     """The settings the user gave on the command line (None = not given)."""
     space_spec = SearchSpace.load(args.space).to_dict() if args.space else None
-    given_target = args.target or args.threads or args.runtime
-    target = Target(url=args.target, threads=args.threads or 1, runtime=args.runtime or "ort") if given_target else None
+    target = {name: value for name, value in (("url", args.target), ("threads", args.threads),
+                                              ("runtime", args.runtime)) if value}
     return {
         "budget_ms": args.budget_ms, "trials": args.trials, "timeout_s": args.timeout, "model": args.model,
         "weights": args.weights, "data": args.data, "image_size": args.image_size, "space": args.space,
-        "space_spec": space_spec, "target": target.to_dict() if target else None, "epochs": args.epochs,
+        "space_spec": space_spec, "target": target or None, "epochs": args.epochs,
         "seed": args.seed, "distill": args.distill, "speedup": args.speedup, "max_dice_loss": args.max_dice_loss,
         "polish_epochs": args.polish_epochs, "finalists": args.finalists, "group_by": args.group_by, "device": args.device,
         "crop": args.crop, "epoch_slices": args.epoch_slices, "precisions": [p.strip() for p in args.precision.split(",")] if args.precision else None,
