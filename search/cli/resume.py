@@ -58,7 +58,7 @@ def merged_settings(study, stored: Settings, args) -> Settings:
     if "trials" in given:
         given["trials"] = TrialQuota(study, stored).counted() + given["trials"]
     if "target" in given:
-        given["target"] = Target(**{**stored.target, **given["target"]}).to_dict()
+        given["target"] = Target.from_dict({**stored.target, **given["target"]}).to_dict()
     if "timeout_s" in given:
         given["timeout_s"] += time.time() - study.user_attrs.get("started_at", time.time())
     changed = {k for k, v in given.items() if getattr(stored, k) != v}

@@ -162,7 +162,7 @@ def with_preset(preset: str, given: dict) -> tuple[Settings, list[str]]:
     chosen = {k: v for k, v in given.items() if v is not None}
     values = {**PRESETS[preset], **chosen, "preset": preset}
     values.setdefault("space_spec", SearchSpace.load(WIDTH_SPACE if values.get("space", AUTO_SPACE) == AUTO_SPACE else values["space"]).to_dict())
-    values["target"] = Target(**{**PRESETS[preset].get("target", {}), **chosen.get("target", {})}).to_dict()
+    values["target"] = Target.from_dict({**PRESETS[preset].get("target", {}), **chosen.get("target", {})}).to_dict()
     values.setdefault("model_sha256", model_digest(values.get("model", "unet")))
     settings = Settings(**values)
     hidden = ("preset", "space_spec", "budget_ms", "speedup", "model_sha256")
