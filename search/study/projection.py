@@ -26,7 +26,11 @@ from ...space import LayerGroup
 from ..latency import LatencyStats
 
 CACHE_PREFIX = "latency:"
-BAND = 0.8  # a projection is done once a network measures within 80-100 % of the goal
+BAND = 0.8  # a projection is done once a network measures within 80-98 % of the goal
+# A network counts as within the goal up to EDGE of it: one measured at the goal's edge
+# re-measures over it about half the time (bench/peers.py, 2026-12-06: a winner measured 0.766 ms
+# in its trial for a 0.766 ms budget, 0.77 ms at export; its study then missed the budget).
+EDGE = 0.98
 AIM = 0.92  # the fraction of the goal the model aims at: inside the band, clear of the noise
 MAX_PROBES = 6  # measured widths per projection (cached plans cost nothing)
 PRIOR_EXPONENT = 0.8  # latency ~ cost ** 0.8 before the study has measured enough (bench/latency.py)
@@ -47,9 +51,14 @@ class Probe:
                 "latency_ms": self.stats.median_ms, "measurements": self.stats.measurements}
 
 
+def within_goal(stats: LatencyStats, goal_ms: float) -> bool:
+    """Whether a figure is within ``goal_ms`` clear of its edge (see EDGE)."""
+    return stats.median_ms <= EDGE * goal_ms
+
+
 def chosen(probes: Sequence[Probe], goal_ms: float) -> Probe | None:
-    """The widest probe that measured within ``goal_ms``; None when every one was over."""
-    within = [p for p in probes if p.stats.median_ms <= goal_ms]
+    """The widest probe that measured within ``goal_ms`` (:func:`within_goal`); None when every one was over."""
+    within = [p for p in probes if within_goal(p.stats, goal_ms)]
     return max(within, key=lambda p: p.width, default=None)
 
 
@@ -143,7 +152,7 @@ class LatencyCache:
 def project(plan_of: Callable[[float], dict[str, int]], cost_of: Callable[[dict[str, int]], float],
             measure: Callable[[float, dict[str, int]], LatencyStats], model: LatencyModel, goal_ms: float,
             max_probes: int = MAX_PROBES) -> list[Probe]:
-    """Measure widths of one shape until one lands within ``BAND``-100 % of ``goal_ms``.
+    """Measure widths of one shape until one lands within ``BAND``-``EDGE`` of ``goal_ms``.
 
     ``plan_of(width)`` gives the channel plan at a width in (0, 1], ``cost_of(plan)`` its
     cost figure and ``measure(width, plan)`` its latency. The model proposes each width,
@@ -166,7 +175,7 @@ def project(plan_of: Callable[[float], dict[str, int]], cost_of: Callable[[dict[
         stats = measure(width, plan)
         probe = Probe(width, plan, cost, model.predict(cost), stats)
         probes.append(probe)
-        if stats.median_ms <= goal_ms:
+        if within_goal(stats, goal_ms):
             low, within = width, probe
             if stats.median_ms >= BAND * goal_ms or width >= 1.0:
                 break

@@ -31,7 +31,7 @@ from ..training.baseline import Baseline, build_model, example_input, from_state
 from ..training.train import (Schedule, finetune_schedule, resolve_crop, resolve_device, teacher_logits,
                               trial_epoch_slices)
 from .anchors import can_anchor, nearest_anchor
-from .projection import CostModel, LatencyCache
+from .projection import EDGE, CostModel, LatencyCache
 from .settings import AUTO_SPACE, DEPTH_SPACE, KEPT_WHOLE_ATTR, SETTINGS_ATTR, WIDTH_FLOOR_ATTR, Settings
 from .storage import artifact_store, load_study, open_storage
 from .weights import download_state_dict, upload_state_dict
@@ -203,7 +203,7 @@ def past_the_width_floor(context: Context) -> tuple[Context, float | None]:
         return context, None
     narrowest = apply_recipe(context.baseline.model, uniform_recipe(context.space, 1e-6), context.example)
     floor_ms = _calibrated(narrowest, context).median_ms
-    if floor_ms <= settings.budget_ms:
+    if floor_ms <= EDGE * settings.budget_ms:
         return context, floor_ms
     spec = SearchSpace.load(DEPTH_SPACE).to_dict()
     space = replace(SearchSpace.from_dict(spec), ignore=context.space.ignore).for_depth(context.depth)
