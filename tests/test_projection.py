@@ -172,7 +172,6 @@ def test_when_every_larger_plan_is_predicted_over_the_aim_the_next_width_is_one_
     assert max(plan_of(width)[n] - plan_of(low)[n] for n in CHANNELS) == 4  # one rounding step
 
 
-
 def test_a_network_at_the_goals_edge_is_not_taken():
     """Within EDGE of the goal a network re-measures over it about half the time: the projection takes a narrower one."""
     edge, clear = (Probe(width, {}, 0.0, 0.0, stats(median)) for width, median in ((0.5, 1.99), (0.4, 1.90)))

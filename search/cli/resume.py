@@ -6,10 +6,9 @@ import time
 from dataclasses import fields, replace
 
 from ...errors import UserError
-from ..latency import Target
 from ..study.best import ranked_within
 from ..study.quota import TrialQuota
-from ..study.settings import SETTINGS_ATTR, Settings
+from ..study.settings import SETTINGS_ATTR, Settings, merged_target
 from ..study.storage import storage_url
 from ..study.study import open_existing, prepare_study
 from ._common import add_command, add_search_options, add_storage_option
@@ -58,7 +57,7 @@ def merged_settings(study, stored: Settings, args) -> Settings:
     if "trials" in given:
         given["trials"] = TrialQuota(study, stored).counted() + given["trials"]
     if "target" in given:
-        given["target"] = Target.from_dict({**stored.target, **given["target"]}).to_dict()
+        given["target"] = merged_target(stored.target, given["target"])
     if "timeout_s" in given:
         given["timeout_s"] += time.time() - study.user_attrs.get("started_at", time.time())
     changed = {k for k, v in given.items() if getattr(stored, k) != v}

@@ -150,6 +150,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def merged_target(base: dict, given: dict) -> dict:
+    """The latency target ``base`` (a stored or preset target) with the fields ``given`` set over it."""
+    return Target.from_dict({**base, **given}).to_dict()
+
+
 def with_preset(preset: str, given: dict) -> tuple[Settings, list[str]]:
     """Settings from a run preset overridden by what the user ``given`` (None = not given);
     a given ``target`` may hold some of Target's fields, set over the preset's target.
@@ -162,7 +167,7 @@ def with_preset(preset: str, given: dict) -> tuple[Settings, list[str]]:
     chosen = {k: v for k, v in given.items() if v is not None}
     values = {**PRESETS[preset], **chosen, "preset": preset}
     values.setdefault("space_spec", SearchSpace.load(WIDTH_SPACE if values.get("space", AUTO_SPACE) == AUTO_SPACE else values["space"]).to_dict())
-    values["target"] = Target.from_dict({**PRESETS[preset].get("target", {}), **chosen.get("target", {})}).to_dict()
+    values["target"] = merged_target(PRESETS[preset].get("target", {}), chosen.get("target", {}))
     values.setdefault("model_sha256", model_digest(values.get("model", "unet")))
     settings = Settings(**values)
     hidden = ("preset", "space_spec", "budget_ms", "speedup", "model_sha256")

@@ -31,7 +31,7 @@ from ..training.baseline import Baseline, build_model, example_input, from_state
 from ..training.train import (Schedule, finetune_schedule, resolve_crop, resolve_device, teacher_logits,
                               trial_epoch_slices)
 from .anchors import can_anchor, nearest_anchor
-from .projection import EDGE, CostModel, LatencyCache
+from .projection import CostModel, LatencyCache, within_goal
 from .settings import AUTO_SPACE, DEPTH_SPACE, KEPT_WHOLE_ATTR, SETTINGS_ATTR, WIDTH_FLOOR_ATTR, Settings
 from .storage import artifact_store, load_study, open_storage
 from .weights import download_state_dict, upload_state_dict
@@ -194,20 +194,21 @@ def past_the_width_floor(context: Context) -> tuple[Context, float | None]:
 
     Only for space ``auto`` (the default: no ``--space`` given) and a model that offers depth: the
     narrowest network width pruning builds (every searched group at the space's smallest
-    channel step) is measured as the budget was; when it is over the budget, the study
-    searches :data:`~.settings.DEPTH_SPACE` instead (stored in its settings, so every worker and resume
-    does). Returns the context and that network's median (ms), or None when not measured.
+    channel step) is measured as the budget was; when it is not within the budget (up to its
+    98 % edge, :func:`~.projection.within_goal`), the study searches :data:`~.settings.DEPTH_SPACE`
+    instead (stored in its settings, so every worker and resume does). Returns the context and
+    that network's median (ms), or None when not measured.
     """
     settings = context.settings
     if settings.space != AUTO_SPACE or not context.depth.levels:
         return context, None
     narrowest = apply_recipe(context.baseline.model, uniform_recipe(context.space, 1e-6), context.example)
-    floor_ms = _calibrated(narrowest, context).median_ms
-    if floor_ms <= EDGE * settings.budget_ms:
-        return context, floor_ms
+    floor = _calibrated(narrowest, context)
+    if within_goal(floor, settings.budget_ms):
+        return context, floor.median_ms
     spec = SearchSpace.load(DEPTH_SPACE).to_dict()
     space = replace(SearchSpace.from_dict(spec), ignore=context.space.ignore).for_depth(context.depth)
-    return replace(context, settings=replace(settings, space=DEPTH_SPACE, space_spec=spec), space=space), floor_ms
+    return replace(context, settings=replace(settings, space=DEPTH_SPACE, space_spec=spec), space=space), floor.median_ms
 
 
 def _seed_cache(study: optuna.Study, context: Context, reference: dict | None, baseline_stats: LatencyStats) -> None:
