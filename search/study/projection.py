@@ -27,16 +27,14 @@ from ..latency import LatencyStats
 
 CACHE_PREFIX = "latency:"
 # A projection is done once a network measures within 90-98 % of the goal: trials are compared
-# at nearly one latency, so a trial's score ranks its shape, not the share of the budget it got.
-# At 80-98 % (until 2026-12-06) TPE settled on shapes that landed at 84-85 % of a 30x budget and
-# lost 0.3-1.0 points of test Dice to random sampling's shapes at 92-93 %; at 90-98 % TPE led,
-# tied and trailed random on three seeds (docs/results.md#peers).
+# at nearly one latency, so a trial's score ranks its shape, not the share of the budget it got
+# (at 80-98 % TPE's networks landed at 84-85 % of a 30x budget, random's at 92-93 %: docs/results.md#peers).
 BAND = 0.9
 # A network counts as within the goal up to EDGE of it: one measured at the goal's edge
 # re-measures over it about half the time (bench/peers.py, 2026-12-06: a winner measured 0.766 ms
 # in its trial for a 0.766 ms budget, 0.77 ms at export; its study then missed the budget).
 EDGE = 0.98
-AIM = 0.94  # the fraction of the goal the model aims at: the band's middle, clear of the noise
+AIM = (BAND + EDGE) / 2  # the fraction of the goal the model aims at: the band's middle, clear of the noise
 MAX_PROBES = 6  # measured widths per projection (cached plans cost nothing)
 PRIOR_EXPONENT = 0.8  # latency ~ cost ** 0.8 before the study has measured enough (bench/latency.py)
 
