@@ -65,6 +65,18 @@ def test_projection_stops_when_the_goal_is_out_of_reach():
     assert 1 <= len(calls) <= MAX_PROBES
 
 
+@pytest.mark.parametrize(("fixed_ms", "fits"), [(0.8, True), (0.95, True), (0.99, False)])
+def test_a_shape_whose_latency_barely_falls_with_width_is_out_of_reach_only_if_its_narrowest_plan_is(fixed_ms, fits):
+    """Fixed costs (a transformer's, small networks') flatten latency: the model creeps down in
+    small steps, so before its probes run out the projection measures the narrowest plan."""
+    def flat(plan):
+        return fixed_ms + 0.5 * cost_of(plan) ** 0.5
+
+    probes, calls = run(1.0, latency=flat, model=LatencyModel(math.log(flat(plan_of(1.0))), 0.8))
+    assert plan_of(1e-3) in calls and len(calls) <= MAX_PROBES
+    assert (chosen(probes, 1.0) is not None) == fits
+
+
 def test_projection_returns_the_dense_shape_when_it_fits():
     probes, _ = run(100.0)
     assert chosen(probes, 100.0).width == 1.0 and len(probes) == 1

@@ -36,6 +36,7 @@ BAND = 0.9
 EDGE = 0.98
 AIM = (BAND + EDGE) / 2  # the fraction of the goal the model aims at: the band's middle, clear of the noise
 MAX_PROBES = 6  # measured widths per projection (cached plans cost nothing)
+FLOOR_WIDTH = 1e-3  # a width whose plan keeps every group at its floor (min_channels)
 PRIOR_EXPONENT = 0.8  # latency ~ cost ** 0.8 before the study has measured enough (bench/latency.py)
 
 
@@ -162,15 +163,20 @@ def project(plan_of: Callable[[float], dict[str, int]], cost_of: Callable[[dict[
     shifted through the last measurement; widths over the goal bound the search from
     above, widths within it from below. Stops after ``max_probes`` measurements or when
     no untried plan lies between the bounds. Once one width is within the goal and one
-    over it, the next width interpolates between them. Returns the probes in order; pick
-    the answer with :func:`chosen`.
+    over it, the next width interpolates between them. When every probe but the last two
+    was over the goal, the next measures the narrowest plan: where latency barely falls
+    with width (fixed costs), the model creeps down in small steps, and a shape counts as
+    out of reach only once its narrowest plan measured over. Returns the probes in order;
+    pick the answer with :func:`chosen`.
     """
     probes: list[Probe] = []
     low, high = 0.0, 1.0 + 1e-9  # the widest width within the goal, the narrowest over it
     local = model
     within = over = None  # the probes at ``low`` and ``high``
     while len(probes) < max_probes:
-        width = _width_for(AIM * goal_ms, local, plan_of, cost_of, low, high, [p.plan for p in probes])
+        tried = [p.plan for p in probes]
+        width = _narrowest_width(plan_of, high, tried) if probes and within is None and len(probes) == max_probes - 2 else None
+        width = width or _width_for(AIM * goal_ms, local, plan_of, cost_of, low, high, tried)
         if width is None:
             break
         plan = plan_of(width)
@@ -216,6 +222,20 @@ def _width_for(aim_ms: float, model: LatencyModel, plan_of, cost_of, low: float,
         if candidate is not None and low < candidate < high and plan_of(candidate) not in tried:
             return candidate
     return None
+
+
+def _narrowest_width(plan_of, high: float, tried: list[dict]) -> float | None:
+    """The widest width below ``high`` whose plan is the narrowest one; None when that plan was tried or lies at ``high``."""
+    narrowest = plan_of(FLOOR_WIDTH)
+    if narrowest in tried:
+        return None
+    a, b = FLOOR_WIDTH, min(high, 1.0)  # plan_of(a) is the narrowest, plan_of(b) is not
+    if plan_of(b) == narrowest:
+        return None
+    for _ in range(30):
+        middle = (a + b) / 2
+        a, b = (middle, b) if plan_of(middle) == narrowest else (a, middle)
+    return a
 
 
 def _next_plan_above(low: float, top: float, plan_of, factor: float = 1.01) -> float | None:
