@@ -13,10 +13,15 @@ default fine-tune's weights). Variants (comma-separated):
 - ``lr=F``: the learning rate times F (at most 0.03);
 - ``batch=N``: batches of N slices.
 
+``--repeat-polish`` first fine-tunes and polishes every finalist again, as the study did but
+at another seed, and prints Spearman of that repeat against the study's polish: the most any
+trial score can hope for when the polished networks lie within one fine-tune's noise.
+
 Example (after ``autosculpt search --speedup 30 --seed 2 --trials 24 --finalists 10
 --storage sqlite:///s2.db``)::
 
     python bench/finetunes.py sqlite:///s2.db STUDY --variants current,bn,distill=0.5,lr=0.33,batch=8
+    python bench/finetunes.py sqlite:///s2.db STUDY --repeat-polish --variants ""
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from rich.table import Table
 from scipy.stats import spearmanr
 
 from autosculpt.search.latency import cpu_model
+from autosculpt.search.study.polish import polish_epochs
 from autosculpt.search.study.settings import POLISH_ATTR, SETTINGS_ATTR, Settings
 from autosculpt.search.study.storage import load_study, open_storage
 from autosculpt.search.study.study import Context, prepare_study
@@ -40,6 +46,7 @@ from autosculpt.search.training.train import Schedule, teacher_logits, train
 from autosculpt.space import Recipe, apply_recipe
 
 LR_CEILING = 0.03
+REPEAT_SEED = 1000  # added to each finalist's seed for the repeat of its fine-tune and polish
 
 
 def reestimate_batchnorm(net: torch.nn.Module, images: torch.Tensor, batch: int = 32) -> None:
@@ -84,12 +91,39 @@ def replay(context: Context, recipe: Recipe, seed: int, variant: str, teacher: t
     return history, time.perf_counter() - start
 
 
+def polished_again(context: Context, recipe: Recipe, seed: int, param_ratio: float) -> float:
+    """Validation Dice of ``recipe``'s network fine-tuned as trials are, then polished as the
+    study's finalists were, both at ``seed``; like the study's, the better of the two."""
+    net = apply_recipe(context.baseline.model, recipe, context.example, context.calibration)
+    before = train(net, context.data, context.finetune_schedule(net, context.settings.epochs, seed, 0.0)).mean
+    epochs = polish_epochs(context.settings, param_ratio)
+    return max(before, train(net, context.data, context.finetune_schedule(net, epochs, seed, 0.0, trial=False)).mean)
+
+
+def repeat_polish(context: Context, candidates: list[dict], trials: dict) -> None:
+    """Print how well a second fine-tune and polish of the finalists ranks them as the study's did."""
+    polished = [c["dice_after"] for c in candidates]
+    again = []
+    for c in candidates:
+        trial = trials[c["trial"]]
+        again.append(polished_again(context, Recipe.from_dict(trial.user_attrs["recipe"]),
+                                    context.settings.seed + c["trial"] + REPEAT_SEED, trial.user_attrs.get("param_ratio", 1.0)))
+        print(f"trial {c['trial']}: polished {c['dice_after']:.3f}, again {again[-1]:.3f}", flush=True)
+    gaps = [abs(a - b) for a, b in zip(again, polished)]
+    print(f"repeat of the polish on {len(candidates)} finalists: val Dice {min(again):.3f}-{max(again):.3f} "
+          f"(study's {min(polished):.3f}-{max(polished):.3f}), median gap {statistics.median(gaps):.3f}; "
+          f"Spearman against the study's polish {spearmanr(again, polished).statistic:+.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("Example")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("storage", help="the study's storage URL")
     parser.add_argument("study", help="a study polished with --finalists 3 or more")
-    parser.add_argument("--variants", default="current,bn,distill=0.5,lr=0.33,batch=8")
+    parser.add_argument("--variants", default="current,bn,distill=0.5,lr=0.33,batch=8",
+                        help="comma-separated fine-tune variants to replay (empty: none)")
+    parser.add_argument("--repeat-polish", action="store_true",
+                        help="first fine-tune and polish every finalist again at another seed")
     args = parser.parse_args()
     study = load_study(args.study, open_storage(args.storage))
     settings = Settings.from_dict(study.user_attrs[SETTINGS_ATTR])
@@ -99,6 +133,11 @@ def main() -> None:
         raise SystemExit(f"{args.study} polished {len(candidates)} finalists: resume it with --finalists 3 or more")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     polished = [c["dice_after"] for c in candidates]
+    if args.repeat_polish:
+        repeat_polish(context, candidates, trials)
+    variants = [v for v in args.variants.split(",") if v]
+    if not variants:
+        return
     teacher = teacher_logits(context.baseline.model, context.data.train.images)
     rung = first_rung(settings.epochs)
     table = Table(title=f"{args.study}: {len(candidates)} finalists, {settings.epochs}-epoch fine-tunes "
@@ -106,7 +145,7 @@ def main() -> None:
     for column in ("variant", f"epoch {rung}: mean (lowest)", "Spearman", f"epoch {settings.epochs}: mean (lowest)",
                    "Spearman", "s per fine-tune"):
         table.add_column(column)
-    for variant in args.variants.split(","):
+    for variant in variants:
         runs = [replay(context, Recipe.from_dict(trials[c["trial"]].user_attrs["recipe"]), settings.seed + c["trial"],
                        variant, teacher) for c in candidates]
         row = [variant]
