@@ -163,8 +163,8 @@ def project(plan_of: Callable[[float], dict[str, int]], cost_of: Callable[[dict[
     shifted through the last measurement; widths over the goal bound the search from
     above, widths within it from below. Stops after ``max_probes`` measurements or when
     no untried plan lies between the bounds. Once one width is within the goal and one
-    over it, the next width interpolates between them. When every probe but the last two
-    was over the goal, the next measures the narrowest plan: where latency barely falls
+    over it, the next width interpolates between them. When only two probes remain and
+    every one so far was over the goal, the next measures the narrowest plan: where latency barely falls
     with width (fixed costs), the model creeps down in small steps, and a shape counts as
     out of reach only once its narrowest plan measured over. Returns the probes in order;
     pick the answer with :func:`chosen`.
@@ -241,7 +241,7 @@ def _narrowest_width(plan_of, high: float, tried: list[dict]) -> float | None:
 def _next_plan_above(low: float, top: float, plan_of, factor: float = 1.01) -> float | None:
     """The smallest width above ``low`` (in 1 % steps, at most ``top``) whose plan differs from ``low``'s."""
     start = plan_of(low) if low > 0 else None
-    width = max(low, 1e-3)
+    width = max(low, FLOOR_WIDTH)
     while width < top:
         width = min(width * factor, top)
         if plan_of(width) != start:
