@@ -11,7 +11,8 @@ default fine-tune's weights). Variants (comma-separated):
 - ``bn``: BatchNorm statistics re-estimated on the training slices before fine-tuning;
 - ``distill=W``: distillation from the baseline at weight W;
 - ``lr=F``: the learning rate times F (at most 0.03);
-- ``batch=N``: batches of N slices.
+- ``batch=N``: batches of N slices;
+- ``epochs=N``: N epochs instead of the study's (the last column is then epoch N).
 
 ``--repeat-polish`` first fine-tunes and polishes every finalist again, as the study did but
 at another seed, and prints Spearman of that repeat against the study's polish: the most any
@@ -73,9 +74,11 @@ def variant_schedule(variant: str, schedule: Schedule) -> Schedule:
         return replace(schedule, lr=min(LR_CEILING, schedule.lr * float(value)))
     if name == "batch":
         return replace(schedule, batch_size=int(value))
+    if name == "epochs":
+        return replace(schedule, epochs=int(value))
     if name in ("current", "bn"):
         return schedule
-    raise SystemExit(f"unknown variant {variant!r}: use current, bn, distill=W, lr=F or batch=N")
+    raise SystemExit(f"unknown variant {variant!r}: use current, bn, distill=W, lr=F, batch=N or epochs=N")
 
 
 def replay(context: Context, recipe: Recipe, seed: int, variant: str, teacher: torch.Tensor | None) -> tuple[list[float], float]:
@@ -142,15 +145,15 @@ def main() -> None:
     rung = first_rung(settings.epochs)
     table = Table(title=f"{args.study}: {len(candidates)} finalists, {settings.epochs}-epoch fine-tunes "
                         f"({cpu_model()}, {torch.get_num_threads()} threads)")
-    for column in ("variant", f"epoch {rung}: mean (lowest)", "Spearman", f"epoch {settings.epochs}: mean (lowest)",
+    for column in ("variant", f"epoch {rung}: mean (lowest)", "Spearman", "last epoch: mean (lowest)",
                    "Spearman", "s per fine-tune"):
         table.add_column(column)
     for variant in variants:
         runs = [replay(context, Recipe.from_dict(trials[c["trial"]].user_attrs["recipe"]), settings.seed + c["trial"],
                        variant, teacher) for c in candidates]
         row = [variant]
-        for epoch in (rung, settings.epochs):
-            scores = [history[min(epoch, len(history)) - 1] for history, _ in runs]
+        for epoch in (rung, None):
+            scores = [history[epoch - 1] if epoch else history[-1] for history, _ in runs]
             row += [f"{statistics.mean(scores):.3f} ({min(scores):.3f})", f"{spearmanr(scores, polished).statistic:+.2f}"]
         table.add_row(*row, f"{statistics.median(s for _, s in runs):.0f}")
         print(f"{variant}: done", flush=True)
