@@ -103,9 +103,8 @@ def polished_again(context: Context, recipe: Recipe, seed: int, param_ratio: flo
     return max(before, train(net, context.data, context.finetune_schedule(net, epochs, seed, 0.0, trial=False)).mean)
 
 
-def repeat_polish(context: Context, candidates: list[dict], trials: dict) -> None:
-    """Print how well a second fine-tune and polish of the finalists ranks them as the study's did."""
-    polished = [c["dice_after"] for c in candidates]
+def repeat_polish(context: Context, candidates: list[dict], trials: dict, polished: list[float]) -> None:
+    """Print how well a second fine-tune and polish of the finalists ranks them as the study's did (``polished``)."""
     again = []
     for c in candidates:
         trial = trials[c["trial"]]
@@ -137,7 +136,7 @@ def main() -> None:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     polished = [c["dice_after"] for c in candidates]
     if args.repeat_polish:
-        repeat_polish(context, candidates, trials)
+        repeat_polish(context, candidates, trials, polished)
     variants = [v for v in args.variants.split(",") if v]
     if not variants:
         return

@@ -175,8 +175,9 @@ def project(plan_of: Callable[[float], dict[str, int]], cost_of: Callable[[dict[
     within = over = None  # the probes at ``low`` and ``high``
     while len(probes) < max_probes:
         tried = [p.plan for p in probes]
-        width = _narrowest_width(plan_of, high, tried) if probes and within is None and len(probes) == max_probes - 2 else None
-        width = width or _width_for(AIM * goal_ms, local, plan_of, cost_of, low, high, tried)
+        all_over_with_two_left = within is None and len(probes) == max_probes - 2 > 0
+        width = ((_narrowest_width(plan_of, high, tried) if all_over_with_two_left else None)
+                 or _width_for(AIM * goal_ms, local, plan_of, cost_of, low, high, tried))
         if width is None:
             break
         plan = plan_of(width)
