@@ -41,13 +41,14 @@ DICE_TOLERANCE = 0.04  # "no more than 4% Dice loss", relative to the baseline's
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def add_study_options(parser: argparse.ArgumentParser) -> None:
-    """The options every search benchmark shares: where its studies live and what they run."""
+def add_study_options(parser: argparse.ArgumentParser, image_size: str, epochs: str) -> None:
+    """The options every search benchmark shares: where its studies live and what they run;
+    ``image_size`` and ``epochs`` describe the calling benchmark's defaults in its help."""
     parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/bench.db; a temp file with --quick)")
     parser.add_argument("--budget-ms", type=float, help="latency budget, ONNX Runtime 1 thread (bench/paper.py: default from --speedup; 5 with --quick)")
     parser.add_argument("--patients", type=int, help="generated patients (default 60; 8 with --quick)")
-    parser.add_argument("--image-size", type=int, help="input size, a multiple of 16 (default 64; 32 with --quick)")
-    parser.add_argument("--epochs", type=int, help="fine-tune epochs per trial (default 20; 1 with --quick)")
+    parser.add_argument("--image-size", type=int, help=f"input size, a multiple of 16 (default {image_size})")
+    parser.add_argument("--epochs", type=int, help=f"fine-tune epochs per trial (default {epochs})")
     parser.add_argument("--report", action="store_true", help="run no trials: report the stored studies as they are")
 
 

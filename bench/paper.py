@@ -81,7 +81,7 @@ JSON_FIELDS = ("seed", "trial", "param_ratio", "mac_ratio", "median_ms", "budget
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    add_study_options(parser)
+    add_study_options(parser, image_size="64; 32 with --quick", epochs="20; 6 with --quick")
     parser.add_argument("--study", help="study name prefix; -s<seed> is appended (default: paper-<speedup>x-<size>px, "
                         "paper-<budget>ms-<size>px with --budget-ms, or paper-quick)")
     parser.add_argument("--speedup", type=float, help=f"budget = the dense model's latency on this CPU over X (default "

@@ -70,7 +70,7 @@ NAMES = {"uniform": "(a) uniform at the budget", "random": "(b) random", "ours":
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_study_options(parser)
+    add_study_options(parser, image_size="96; 32 with --quick", epochs="12; 1 with --quick")
     parser.add_argument("--prefix", help="study name prefix (default peers-<model>-<size>px)")
     parser.add_argument("--model", default=None, help="model preset (default unet; unet-tiny with --quick)")
     parser.add_argument("--trials", type=int, help="trials per arm and run (default 30; 3 with --quick)")
