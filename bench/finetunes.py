@@ -18,11 +18,16 @@ default fine-tune's weights). Variants (comma-separated):
 at another seed, and prints Spearman of that repeat against the study's polish: the most any
 trial score can hope for when the polished networks lie within one fine-tune's noise.
 
+``--stored`` trains nothing: it prints Spearman against the polished Dice of what the study
+stored of each finalist (its trial score, other readings of its fine-tune's epochs, its
+size and latency): which score the trials could be compared by instead, for free.
+
 Example (after ``autosculpt search --speedup 30 --seed 2 --trials 24 --finalists 10
 --storage sqlite:///s2.db``)::
 
     python bench/finetunes.py sqlite:///s2.db STUDY --variants current,bn,distill=0.5,lr=0.33,batch=8
     python bench/finetunes.py sqlite:///s2.db STUDY --repeat-polish --variants ""
+    python bench/finetunes.py sqlite:///s2.db STUDY --stored --variants ""
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from rich.table import Table
 from scipy.stats import spearmanr
 
 from autosculpt.search.latency import cpu_model
-from autosculpt.search.study.polish import polish_epochs
+from autosculpt.search.study.polish import polish_epochs, polish_network, rank_correlation
 from autosculpt.search.study.settings import POLISH_ATTR, SETTINGS_ATTR, Settings
 from autosculpt.search.study.storage import load_study, open_storage
 from autosculpt.search.study.study import Context, prepare_study
@@ -86,7 +91,7 @@ def replay(context: Context, recipe: Recipe, seed: int, variant: str, teacher: t
     net = apply_recipe(context.baseline.model, recipe, context.example, context.calibration)
     if variant == "bn":
         reestimate_batchnorm(net, context.data.train.images)
-    schedule = variant_schedule(variant, context.finetune_schedule(net, context.settings.epochs, seed, 0.0))
+    schedule = variant_schedule(variant, context.finetune_schedule(net, context.settings.epochs, seed, context.settings.distill))
     history: list[float] = []
     start = time.perf_counter()
     train(net, context.data, schedule, teacher_outputs=teacher if schedule.distill else None,
@@ -96,11 +101,11 @@ def replay(context: Context, recipe: Recipe, seed: int, variant: str, teacher: t
 
 def polished_again(context: Context, recipe: Recipe, seed: int, param_ratio: float) -> float:
     """Validation Dice of ``recipe``'s network fine-tuned as trials are, then polished as the
-    study's finalists were, both at ``seed``; like the study's, the better of the two."""
+    study's finalists were (:func:`polish_network`), both at ``seed``."""
     net = apply_recipe(context.baseline.model, recipe, context.example, context.calibration)
-    before = train(net, context.data, context.finetune_schedule(net, context.settings.epochs, seed, 0.0)).mean
-    epochs = polish_epochs(context.settings, param_ratio)
-    return max(before, train(net, context.data, context.finetune_schedule(net, epochs, seed, 0.0, trial=False)).mean)
+    train(net, context.data, context.finetune_schedule(net, context.settings.epochs, seed, context.settings.distill),
+          teacher_outputs=context.teacher_outputs)
+    return polish_network(net, context, polish_epochs(context.settings, param_ratio), seed).dice_after
 
 
 def repeat_polish(context: Context, candidates: list[dict], trials: dict, polished: list[float]) -> None:
@@ -117,6 +122,53 @@ def repeat_polish(context: Context, candidates: list[dict], trials: dict, polish
           f"Spearman against the study's polish {spearmanr(again, polished).statistic:+.2f}", flush=True)
 
 
+def stored_scores(trial, rung: int) -> dict[str, float]:
+    """Readings of ``trial``'s stored fine-tune and figures that a study could rank it by."""
+    epochs = trial.user_attrs.get("dice_by_epoch") or [trial.values[0]]
+    return {"trial score (last epoch)": trial.values[0], f"epoch {rung} (first rung)": epochs[min(rung, len(epochs)) - 1],
+            "mean of the last 3 epochs": statistics.mean(epochs[-3:]), "best epoch": max(epochs),
+            "gain over the last 3 epochs": epochs[-1] - epochs[max(0, len(epochs) - 4)],
+            "worst structure": min(trial.user_attrs.get("dice_per_class", {"": trial.values[0]}).values()),
+            "parameters": trial.user_attrs.get("params", 0), "MACs": trial.user_attrs.get("macs", 0),
+            "latency": trial.user_attrs.get("latency_ms", 0.0)}
+
+
+def print_stored(candidates: list[dict], trials: dict, polished: list[float], rung: int) -> None:
+    """A table: Spearman of each of :func:`stored_scores` against the ``polished`` Dice."""
+    readings = [stored_scores(trials[c["trial"]], rung) for c in candidates]
+    table = Table(title=f"stored scores of {len(candidates)} finalists against their polished val Dice "
+                        f"({min(polished):.3f}-{max(polished):.3f})")
+    for column in ("score", "range", "Spearman"):
+        table.add_column(column)
+    for name in readings[0]:
+        values = [r[name] for r in readings]
+        rho = rank_correlation(values, polished)
+        table.add_row(name, f"{min(values):.4g}-{max(values):.4g}", "constant" if rho is None else f"{rho:+.2f}")
+    Console().print(table)
+
+
+def print_variants(context: Context, name: str, variants: list[str], finalists: list, polished: list[float]) -> None:
+    """A table: each variant's replayed fine-tunes of ``finalists`` and their Spearman against the ``polished`` Dice."""
+    settings = context.settings
+    teacher = teacher_logits(context.baseline.model, context.data.train.images)
+    rung = first_rung(settings.epochs)
+    table = Table(title=f"{name}: {len(finalists)} finalists, {settings.epochs}-epoch fine-tunes "
+                        f"({cpu_model()}, {torch.get_num_threads()} threads)")
+    for column in ("variant", f"epoch {rung}: mean (lowest)", "Spearman", "last epoch: mean (lowest)",
+                   "Spearman", "s per fine-tune"):
+        table.add_column(column)
+    for variant in variants:
+        runs = [replay(context, Recipe.from_dict(t.user_attrs["recipe"]), settings.seed + t.number, variant, teacher)
+                for t in finalists]
+        row = [variant]
+        for epoch in (rung, None):
+            scores = [history[epoch - 1] if epoch else history[-1] for history, _ in runs]
+            row += [f"{statistics.mean(scores):.3f} ({min(scores):.3f})", f"{spearmanr(scores, polished).statistic:+.2f}"]
+        table.add_row(*row, f"{statistics.median(s for _, s in runs):.0f}")
+        print(f"{variant}: done", flush=True)
+    Console().print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("Example")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,37 +178,26 @@ def main() -> None:
                         help="comma-separated fine-tune variants to replay (empty: none)")
     parser.add_argument("--repeat-polish", action="store_true",
                         help="first fine-tune and polish every finalist again at another seed")
+    parser.add_argument("--stored", action="store_true",
+                        help="first print how well the study's stored scores of its finalists rank the polish")
     args = parser.parse_args()
     study = load_study(args.study, open_storage(args.storage))
     settings = Settings.from_dict(study.user_attrs[SETTINGS_ATTR])
-    context = prepare_study(study, args.storage, settings)
     candidates = (study.user_attrs.get(POLISH_ATTR) or {}).get("candidates", [])
     if len(candidates) < 3:
         raise SystemExit(f"{args.study} polished {len(candidates)} finalists: resume it with --finalists 3 or more")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     polished = [c["dice_after"] for c in candidates]
+    if args.stored:
+        print_stored(candidates, trials, polished, first_rung(settings.epochs))
+    variants = [v for v in args.variants.split(",") if v]
+    if not (args.repeat_polish or variants):
+        return
+    context = prepare_study(study, args.storage, settings)
     if args.repeat_polish:
         repeat_polish(context, candidates, trials, polished)
-    variants = [v for v in args.variants.split(",") if v]
-    if not variants:
-        return
-    teacher = teacher_logits(context.baseline.model, context.data.train.images)
-    rung = first_rung(settings.epochs)
-    table = Table(title=f"{args.study}: {len(candidates)} finalists, {settings.epochs}-epoch fine-tunes "
-                        f"({cpu_model()}, {torch.get_num_threads()} threads)")
-    for column in ("variant", f"epoch {rung}: mean (lowest)", "Spearman", "last epoch: mean (lowest)",
-                   "Spearman", "s per fine-tune"):
-        table.add_column(column)
-    for variant in variants:
-        runs = [replay(context, Recipe.from_dict(trials[c["trial"]].user_attrs["recipe"]), settings.seed + c["trial"],
-                       variant, teacher) for c in candidates]
-        row = [variant]
-        for epoch in (rung, None):
-            scores = [history[epoch - 1] if epoch else history[-1] for history, _ in runs]
-            row += [f"{statistics.mean(scores):.3f} ({min(scores):.3f})", f"{spearmanr(scores, polished).statistic:+.2f}"]
-        table.add_row(*row, f"{statistics.median(s for _, s in runs):.0f}")
-        print(f"{variant}: done", flush=True)
-    Console().print(table)
+    if variants:
+        print_variants(context, args.study, variants, [trials[c["trial"]] for c in candidates], polished)
 
 
 if __name__ == "__main__":

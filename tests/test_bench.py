@@ -157,3 +157,24 @@ def test_paper_never_names_an_over_budget_reference():
     latency = {0: Remeasured(0.30, 0.31, 3), 1: Remeasured(0.36, 0.37, 3), 2: Remeasured(0.40, 0.41, 3)}
     assert named(choice, latency, 0.385).number == 1  # trial 2 re-measured over the budget
     assert named(choice, {n: Remeasured(1.0, 1.0, 3) for n in latency}, 0.385) is None
+
+
+def test_finetunes_stored_ranks_the_polish_by_what_each_finalist_stored(tmp_path):
+    """``bench/finetunes.py --stored`` trains nothing and prints Spearman of each stored reading
+    against the polished Dice: here the trial scores rank it exactly, their sizes inversely."""
+    from autosculpt.search.study.settings import POLISH_ATTR, SETTINGS_ATTR, Settings
+
+    url = f"sqlite:///{tmp_path / 'finetunes.db'}"
+    study = optuna.create_study(study_name="polished", storage=url, direction="maximize")
+    for number, score in enumerate((0.90, 0.92, 0.91, 0.93)):
+        study.add_trial(create_trial(value=score, user_attrs={
+            "dice_by_epoch": [score - 0.2, score - 0.1, score], "dice_per_class": {"RV": score, "LV": score + 0.01},
+            "params": round(10000 * (1 - score)), "macs": 10 ** 6, "latency_ms": 1.0}))
+    study.set_user_attr(SETTINGS_ATTR, Settings(budget_ms=1.0).to_dict())
+    polished = (0.950, 0.962, 0.955, 0.970)
+    study.set_user_attr(POLISH_ATTR, {"candidates": [{"trial": n, "dice_after": d} for n, d in enumerate(polished)]})
+    result = run_bench("finetunes.py", url, "polished", "--stored", "--variants", "", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"trial score \(last epoch\)\s*│\s*0\.9-0\.93\s*│\s*\+1\.00", result.stdout), result.stdout
+    assert re.search(r"parameters\s*│\s*700-1000\s*│\s*-1\.00", result.stdout), result.stdout
+    assert re.search(r"latency\s*│\s*1-1\s*│\s*constant", result.stdout), result.stdout

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+
 import optuna
 import pytest
+import torch
 from optuna.distributions import FloatDistribution
 
 from autosculpt.search.cli.search import describe
 from autosculpt.search.study.best import UNSETTLED_FINALISTS, answer, finalist_count, finalists
-from autosculpt.search.study.polish import polish_epochs, rank_correlation
+from autosculpt.search.study.polish import polish_epochs, polish_network, rank_correlation
 from autosculpt.search.study.settings import POLISH_ATTR, SETTINGS_ATTR, Settings, with_preset
+from autosculpt.search.study.study import prepare
+from autosculpt.search.training.train import evaluate
 
 
 def test_rank_correlation_is_spearman_or_none_where_it_means_nothing():
@@ -55,3 +60,20 @@ def test_tiny_networks_polish_longer_unless_the_user_says():
     assert [polish_epochs(settings, ratio) for ratio in (1, 41, 100, 1000, 3607, 1e6)] == [16, 16, 16, 32, 41, 48]
     given, _ = with_preset("default", {"speedup": 30, "polish_epochs": 5})
     assert polish_epochs(given, 3607) == 5
+
+
+def test_a_polish_tries_each_variant_and_keeps_the_best_weights_its_own_included():
+    """A distilling study polishes twice (plain, distilled, with the study's teacher); the
+    network keeps the best of those and its own weights, and the record says which."""
+    settings, _ = with_preset("smoke", {"budget_ms": 50.0, "distill": 0.5})
+    context = prepare(settings)
+    net = copy.deepcopy(context.baseline.model)
+    own = {k: v.clone() for k, v in net.state_dict().items()}
+    polished = polish_network(net, context, epochs=1, seed=0)
+    assert set(polished.variants) == {"plain", "distilled"}
+    assert polished.dice_after == max(polished.dice_before, *polished.variants.values())
+    assert polished.kept == ("trial" if polished.dice_after == polished.dice_before else
+                             max(polished.variants, key=polished.variants.get))
+    kept_own = all(torch.equal(v, own[k]) for k, v in net.state_dict().items())
+    assert kept_own == (polished.kept == "trial")
+    assert evaluate(net, context.data.val, context.data.class_names).mean == pytest.approx(polished.dice_after)

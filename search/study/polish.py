@@ -20,16 +20,18 @@ correlation of the finalists' trial scores against their polished validation Dic
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial
 from scipy.stats import spearmanr
 
-from ..training.train import evaluate, teacher_logits, train
+from ..training.train import evaluate, train
 from .settings import POLISH_ATTR, Settings
 from .storage import artifact_store
 from .study import Context
@@ -79,21 +81,43 @@ def polish_one(study: optuna.Study, trial: FrozenTrial, net: torch.nn.Module, co
     """Polish ``net`` (``trial``'s fine-tuned network) in place; its record (see
     :func:`polish_finalists`), the polished weights uploaded as an artifact when kept."""
     epochs = polish_epochs(context.settings, trial.user_attrs.get("param_ratio", 1.0))
-    before = evaluate(net, context.data.val, context.data.class_names).mean
-    record = {"trial": trial.number, "score": trial.values[0], "epochs": epochs, "dice_before": before,
-              "variants": {}, "kept": "trial"}
     start = time.perf_counter()
-    best_state, best_dice = None, before
+    progress = None if on_epoch is None else functools.partial(on_epoch, trial.number)
+    polished = polish_network(net, context, epochs, context.settings.seed + trial.number, progress)
+    record = {"trial": trial.number, "score": trial.values[0], "epochs": epochs, "dice_before": polished.dice_before,
+              "variants": polished.variants, "kept": polished.kept}
+    if polished.kept != "trial":
+        record["weights_artifact"] = upload_state_dict(artifact_store(storage_url), study, net, f"polish-{trial.number}.pt")
+    return record | {"dice_after": polished.dice_after, "time_s": time.perf_counter() - start}
+
+
+@dataclass(frozen=True)
+class Polished:
+    """What :func:`polish_network` did: validation Dice before, each variant's after, which was kept."""
+
+    dice_before: float
+    variants: dict[str, float]
+    kept: str  # a variant's name, or "trial": none beat the network's own weights
+    dice_after: float
+
+
+def polish_network(net: torch.nn.Module, context: Context, epochs: int, seed: int,
+                   on_epoch: Callable[[str, int, int, float], None] | None = None) -> Polished:
+    """Polish ``net`` (a fine-tuned network of ``context``'s study) in place, storage untouched:
+    each variant (see :func:`_variants`) continues from its weights for ``epochs`` at ``seed``,
+    and ``net`` keeps whichever scores the best validation Dice, its own weights included.
+    ``on_epoch(variant, epoch, epochs, validation Dice)`` follows the epochs."""
+    before = evaluate(net, context.data.val, context.data.class_names).mean
+    best_state, best_dice, kept, variants = None, before, "trial", {}
     for variant, weight in _variants(context.settings.distill):
         candidate = copy.deepcopy(net)
-        dice = _train(candidate, context, epochs, weight, trial.number, variant, on_epoch)
-        record["variants"][variant] = dice
-        if dice > best_dice:
-            best_state, best_dice, record["kept"] = candidate.state_dict(), dice, variant
+        progress = None if on_epoch is None else functools.partial(on_epoch, variant)
+        variants[variant] = _train(candidate, context, epochs, weight, seed, progress)
+        if variants[variant] > best_dice:
+            best_state, best_dice, kept = candidate.state_dict(), variants[variant], variant
     if best_state is not None:
         net.load_state_dict(best_state)
-        record["weights_artifact"] = upload_state_dict(artifact_store(storage_url), study, net, f"polish-{trial.number}.pt")
-    return record | {"dice_after": best_dice, "time_s": time.perf_counter() - start}
+    return Polished(before, variants, kept, best_dice)
 
 
 def polish_epochs(settings: Settings, param_ratio: float) -> int:
@@ -130,15 +154,15 @@ def _variants(distill: float) -> list[tuple[str, float]]:
     return [("plain", 0.0)] + ([("distilled", distill)] if distill > 0 else [])
 
 
-def _train(net: torch.nn.Module, context: Context, epochs: int, distill: float, trial_number: int, variant: str,
-           on_epoch) -> float:
-    """Fine-tune ``net`` for ``epochs``; its validation Dice after the last one."""
-    schedule = context.finetune_schedule(net, epochs, context.settings.seed + trial_number, distill, trial=False)
-    teacher = teacher_logits(context.baseline.model, context.data.train.images) if distill > 0 else None
+def _train(net: torch.nn.Module, context: Context, epochs: int, distill: float, seed: int,
+           on_epoch: Callable[[int, int, float], None] | None) -> float:
+    """Fine-tune ``net`` for ``epochs`` on the polish's schedule; its validation Dice after the last one."""
+    schedule = context.finetune_schedule(net, epochs, seed, distill, trial=False)
 
     def report(epoch: int, loss: float, scores) -> bool:
         if on_epoch is not None:
-            on_epoch(trial_number, variant, epoch + 1, schedule.epochs, scores.mean)
+            on_epoch(epoch + 1, schedule.epochs, scores.mean)
         return True
 
-    return train(net, context.data, schedule, teacher_outputs=teacher, on_epoch=report).mean
+    return train(net, context.data, schedule, teacher_outputs=context.teacher_outputs if distill > 0 else None,
+                 on_epoch=report).mean
