@@ -86,8 +86,11 @@ def variant_schedule(variant: str, schedule: Schedule) -> Schedule:
     raise SystemExit(f"unknown variant {variant!r}: use current, bn, distill=W, lr=F, batch=N or epochs=N")
 
 
-def replay(context: Context, recipe: Recipe, seed: int, variant: str, teacher: torch.Tensor | None) -> tuple[list[float], float]:
-    """Validation Dice after each epoch of ``recipe``'s network fine-tuned as ``variant`` says, and the seconds it took."""
+def replay(context: Context, recipe: Recipe, seed: int, variant: str,
+           teacher: torch.Tensor | None) -> tuple[torch.nn.Module, list[float], float]:
+    """``recipe``'s network pruned from the study's baseline and fine-tuned for the study's
+    epochs as ``variant`` says (distilling from ``teacher`` where the variant distils): the
+    network, its validation Dice after each epoch, and the seconds the fine-tune took."""
     net = apply_recipe(context.baseline.model, recipe, context.example, context.calibration)
     if variant == "bn":
         reestimate_batchnorm(net, context.data.train.images)
@@ -96,15 +99,13 @@ def replay(context: Context, recipe: Recipe, seed: int, variant: str, teacher: t
     start = time.perf_counter()
     train(net, context.data, schedule, teacher_outputs=teacher if schedule.distill else None,
           on_epoch=lambda epoch, loss, scores: history.append(scores.mean) or True)
-    return history, time.perf_counter() - start
+    return net, history, time.perf_counter() - start
 
 
 def polished_again(context: Context, recipe: Recipe, seed: int, param_ratio: float) -> float:
     """Validation Dice of ``recipe``'s network fine-tuned as trials are, then polished as the
     study's finalists were (:func:`polish_network`), both at ``seed``."""
-    net = apply_recipe(context.baseline.model, recipe, context.example, context.calibration)
-    train(net, context.data, context.finetune_schedule(net, context.settings.epochs, seed, context.settings.distill),
-          teacher_outputs=context.teacher_outputs)
+    net, _, _ = replay(context, recipe, seed, "current", context.teacher_outputs)
     return polish_network(net, context, polish_epochs(context.settings, param_ratio), seed).dice_after
 
 
@@ -150,7 +151,9 @@ def print_stored(candidates: list[dict], trials: dict, polished: list[float], ru
 def print_variants(context: Context, name: str, variants: list[str], finalists: list, polished: list[float]) -> None:
     """A table: each variant's replayed fine-tunes of ``finalists`` and their Spearman against the ``polished`` Dice."""
     settings = context.settings
-    teacher = teacher_logits(context.baseline.model, context.data.train.images)
+    teacher = context.teacher_outputs  # the study's, where it distils
+    if teacher is None:
+        teacher = teacher_logits(context.baseline.model, context.data.train.images)
     rung = first_rung(settings.epochs)
     table = Table(title=f"{name}: {len(finalists)} finalists, {settings.epochs}-epoch fine-tunes "
                         f"({cpu_model()}, {torch.get_num_threads()} threads)")
@@ -158,7 +161,7 @@ def print_variants(context: Context, name: str, variants: list[str], finalists: 
                    "Spearman", "s per fine-tune"):
         table.add_column(column)
     for variant in variants:
-        runs = [replay(context, Recipe.from_dict(t.user_attrs["recipe"]), settings.seed + t.number, variant, teacher)
+        runs = [replay(context, Recipe.from_dict(t.user_attrs["recipe"]), settings.seed + t.number, variant, teacher)[1:]
                 for t in finalists]
         row = [variant]
         for epoch in (rung, None):
